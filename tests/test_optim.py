@@ -1,0 +1,467 @@
+"""Tests for funcnn.optim: convergence, agreement with numpy, no retracing, vmap, errors."""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+import dataclasses  # noqa: E402
+import functools  # noqa: E402
+
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from funcnn import optim  # noqa: E402
+
+O = optim
+
+
+# ------------------------------------------------------------------ helpers --
+def parabola(x):
+    return jnp.sum(x**2)
+
+
+def rosenbrock(x):
+    return (1 - x[0]) ** 2 + 100 * (x[1] - x[0] ** 2) ** 2
+
+
+def minimize(opt, f, x0, steps):
+    """Run ``steps`` updates of ``opt`` on ``f`` from ``x0`` inside one lax.scan."""
+
+    def body(carry, _):
+        x, s = carry
+        u, s = opt.update(jax.grad(f)(x), s, x)
+        return (O.apply_updates(x, u), s), None
+
+    run = jax.jit(lambda x: jax.lax.scan(body, (x, opt.init(x)), None, length=steps)[0][0])
+    return run(x0)
+
+
+def trajectory(opt, params, grads):
+    """Params after each update, for a stacked pytree of gradients (leading axis = step)."""
+
+    def body(carry, g):
+        p, s = carry
+        u, s = opt.update(g, s, p)
+        p = O.apply_updates(p, u)
+        return (p, s), p
+
+    return jax.jit(lambda p, gs: jax.lax.scan(body, (p, opt.init(p)), gs)[1])(params, grads)
+
+
+# ------------------------------------------------------------- convergence --
+CONVERGENCE = {  # name: (optimizer for the parabola, optimizer for Rosenbrock)
+    "sgd": (lambda: O.sgd(0.1), lambda: O.sgd(2e-3)),
+    "momentum": (lambda: O.sgd(0.05, momentum=0.9), lambda: O.sgd(5e-4, momentum=0.9)),
+    "momentum_nnfs": (lambda: O.sgd(0.05, momentum=0.9, convention="nnfs"),
+                      lambda: O.sgd(5e-4, momentum=0.9, convention="nnfs")),
+    "nesterov": (lambda: O.sgd(0.05, momentum=0.9, nesterov=True),
+                 lambda: O.sgd(5e-4, momentum=0.9, nesterov=True)),
+    "nesterov_nnfs": (lambda: O.sgd(0.05, momentum=0.9, nesterov=True, convention="nnfs"),
+                      lambda: O.sgd(5e-4, momentum=0.9, nesterov=True, convention="nnfs")),
+    "adagrad": (lambda: O.adagrad(0.5), lambda: O.adagrad(1.0)),
+    "adagrad_nnfs": (lambda: O.adagrad(0.5, convention="nnfs"),
+                     lambda: O.adagrad(1.0, convention="nnfs")),
+    "rmsprop": (lambda: O.rmsprop(0.01, decay=1e-2), lambda: O.rmsprop(0.01, decay=1e-2)),
+    "rmsprop_nnfs": (lambda: O.rmsprop(0.01, decay=1e-2, convention="nnfs"),
+                     lambda: O.rmsprop(0.01, decay=1e-2, convention="nnfs")),
+    "adam": (lambda: O.adam(0.05), lambda: O.adam(0.01)),
+    "adam_nnfs": (lambda: O.adam(0.05, convention="nnfs"),
+                  lambda: O.adam(0.01, convention="nnfs")),
+    "adamw": (lambda: O.adamw(0.05), lambda: O.adamw(0.01)),
+    "clip_adam": (lambda: O.chain(O.clip_by_global_norm(1.0), O.adam(0.05)),
+                  lambda: O.chain(O.clip_by_global_norm(1.0), O.adam(0.01))),
+}
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("name", list(CONVERGENCE))
+def test_converges_on_parabola_and_rosenbrock(name, dtype):
+    make_p, make_r = CONVERGENCE[name]
+    x = minimize(make_p(), parabola, jnp.array([1.0, -2.0, 3.0], dtype), 10_000)
+    assert x.dtype == dtype
+    np.testing.assert_allclose(np.asarray(x), 0.0, atol=1e-2)
+    x = minimize(make_r(), rosenbrock, jnp.array([-1.2, 1.0], dtype), 10_000)
+    assert x.dtype == dtype
+    np.testing.assert_allclose(np.asarray(x), 1.0, atol=1e-2)
+
+
+# ------------------------------------------------------ numpy reference --
+def numpy_run(kind, w, grads, lr_at, conv="optax", momentum=0.0, nesterov=False, rho=0.9,
+              b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, cache0=0.0):
+    """Independent numpy version of every update rule; returns w after each step."""
+    velocity, m, v, cache, out = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w), \
+        np.full_like(w, cache0), []
+    for t, g in enumerate(grads):
+        lr = lr_at(t)
+        if kind == "sgd" and conv == "nnfs":  # NNFS chapter 10, written as in the book
+            weight_updates = momentum * velocity - lr * g
+            velocity = weight_updates
+            if nesterov:
+                weight_updates = momentum * velocity - lr * g
+        elif kind == "sgd":  # optax.trace followed by scale(-lr)
+            velocity = g + momentum * velocity
+            weight_updates = -lr * (g + momentum * velocity if nesterov else velocity)
+        elif kind == "adagrad":
+            cache = cache + g**2
+            denom = np.sqrt(cache) + eps if conv == "nnfs" else np.sqrt(cache + eps)
+            weight_updates = -lr * g / denom
+        elif kind == "rmsprop":
+            cache = rho * cache + (1 - rho) * g**2
+            denom = np.sqrt(cache) + eps if conv == "nnfs" else np.sqrt(cache + eps)
+            weight_updates = -lr * g / denom
+        else:  # adam / adamw
+            m = b1 * m + (1 - b1) * g
+            v = b2 * v + (1 - b2) * g**2
+            m_hat, v_hat = m / (1 - b1 ** (t + 1)), v / (1 - b2 ** (t + 1))
+            weight_updates = -lr * (m_hat / (np.sqrt(v_hat) + eps) + weight_decay * w)
+        w = w + weight_updates
+        out.append(w)
+    return np.stack(out)
+
+
+def nnfs_decay(lr, decay):
+    return lambda t: lr / (1 + decay * t)
+
+
+def np_cosine(init, steps, alpha):
+    return lambda t: init * ((1 - alpha) * 0.5 * (1 + np.cos(np.pi * min(t, steps) / steps))
+                             + alpha)
+
+
+REFERENCE = {  # name: (funcnn optimizer, numpy kind, learning rate at t, numpy options)
+    "sgd": (O.sgd(0.1), "sgd", nnfs_decay(0.1, 0), {}),
+    "sgd_decay": (O.sgd(0.1, decay=0.05), "sgd", nnfs_decay(0.1, 0.05), {}),
+    "momentum_decay": (O.sgd(0.1, momentum=0.9, decay=0.05), "sgd", nnfs_decay(0.1, 0.05),
+                       {"momentum": 0.9}),
+    "momentum_nnfs_decay": (O.sgd(0.1, momentum=0.9, decay=0.05, convention="nnfs"), "sgd",
+                            nnfs_decay(0.1, 0.05), {"momentum": 0.9, "conv": "nnfs"}),
+    "nesterov_decay": (O.sgd(0.1, momentum=0.8, nesterov=True, decay=0.05), "sgd",
+                       nnfs_decay(0.1, 0.05), {"momentum": 0.8, "nesterov": True}),
+    "nesterov_nnfs_decay": (O.sgd(0.1, momentum=0.8, nesterov=True, decay=0.05,
+                                  convention="nnfs"), "sgd", nnfs_decay(0.1, 0.05),
+                            {"momentum": 0.8, "nesterov": True, "conv": "nnfs"}),
+    "momentum_nnfs_cosine": (O.sgd(O.cosine_decay(0.1, 50, 0.1), momentum=0.9,
+                                   convention="nnfs"), "sgd", np_cosine(0.1, 50, 0.1),
+                             {"momentum": 0.9, "conv": "nnfs"}),
+    "adagrad": (O.adagrad(0.1), "adagrad", nnfs_decay(0.1, 0),
+                {"eps": 1e-7, "cache0": 0.1}),
+    "adagrad_nnfs_decay": (O.adagrad(0.1, decay=0.01, convention="nnfs"), "adagrad",
+                           nnfs_decay(0.1, 0.01), {"eps": 1e-7, "conv": "nnfs"}),
+    "rmsprop": (O.rmsprop(0.01, rho=0.8), "rmsprop", nnfs_decay(0.01, 0),
+                {"rho": 0.8, "eps": 1e-8}),
+    "rmsprop_nnfs_decay": (O.rmsprop(0.01, decay=0.01, convention="nnfs"), "rmsprop",
+                           nnfs_decay(0.01, 0.01), {"eps": 1e-7, "conv": "nnfs"}),
+    "rmsprop_cosine": (O.rmsprop(O.cosine_decay(0.01, 60)), "rmsprop", np_cosine(0.01, 60, 0.0),
+                       {"eps": 1e-8}),
+    "adam": (O.adam(0.01), "adam", nnfs_decay(0.01, 0), {"eps": 1e-8}),
+    "adam_nnfs_decay": (O.adam(0.01, decay=0.02, convention="nnfs"), "adam",
+                        nnfs_decay(0.01, 0.02), {"eps": 1e-7}),
+    "adam_exponential": (O.adam(O.exponential_decay(0.01, 0.5, 20), b1=0.8, b2=0.99), "adam",
+                         lambda t: 0.01 * 0.5 ** (t / 20), {"b1": 0.8, "b2": 0.99, "eps": 1e-8}),
+    "adamw_decay": (O.adamw(0.01, weight_decay=0.1, decay=0.01), "adam",
+                    nnfs_decay(0.01, 0.01), {"weight_decay": 0.1, "eps": 1e-8}),
+}
+
+
+@pytest.mark.parametrize("name", list(REFERENCE))
+def test_matches_numpy_over_100_steps(name):
+    opt, kind, lr_at, options = REFERENCE[name]
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(2, 3)), "b": rng.normal(size=(3,))}
+    # Gradient magnitudes from 1e-7 to 1, so eps and where it sits really matter.
+    grads = {k: rng.normal(size=(100, *v.shape)) * 10.0 ** rng.uniform(-7, 0, size=v.shape)
+             for k, v in params.items()}
+    got = trajectory(opt, jax.tree.map(jnp.asarray, params), grads)
+    for k in params:
+        want = numpy_run(kind, params[k], grads[k], lr_at, **options)
+        np.testing.assert_allclose(np.asarray(got[k]), want, rtol=1e-6, atol=1e-12)
+
+
+def test_conventions_really_differ():
+    """The NNFS and optax forms must give different results where the table says they do."""
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.linspace(1e-6, 1.0, 30).reshape(10, 3)}
+    for make in [lambda c: O.sgd(0.1, momentum=0.9, decay=0.1, convention=c),
+                 lambda c: O.adagrad(0.1, convention=c), lambda c: O.rmsprop(convention=c),
+                 lambda c: O.adam(convention=c)]:
+        a, b = (trajectory(make(c), params, grads)["w"] for c in ("optax", "nnfs"))
+        assert not np.allclose(a, b, rtol=1e-9, atol=0)
+
+
+def test_default_eps_per_convention():
+    p = jnp.zeros(2)
+    assert float(O.hyperparams(O.adam().init(p))["eps"]) == 1e-8
+    assert float(O.hyperparams(O.adam(convention="nnfs").init(p))["eps"]) == 1e-7
+    assert float(O.hyperparams(O.rmsprop(convention="nnfs").init(p))["eps"]) == 1e-7
+    assert float(O.hyperparams(O.adam(eps=1e-3, convention="nnfs").init(p))["eps"]) == 1e-3
+
+
+# ------------------------------------------------------------------ dtypes --
+def test_hparams_and_updates_keep_the_params_dtype():
+    for dtype in (jnp.float32, jnp.float64):
+        p = (jnp.ones(3, dtype), jnp.ones((2, 2), dtype))
+        s = O.adam(0.1).init(p)
+        assert all(v.dtype == dtype for v in O.hyperparams(s).values())
+        u, s = O.adam(0.1).update(p, s, p)
+        assert all(x.dtype == dtype for x in jax.tree.leaves((u, s.slots)))
+    mixed = {"a": jnp.ones(2, jnp.float32), "b": jnp.ones(2, jnp.float64)}
+    opt = O.sgd(0.1, momentum=0.9)
+    u, s = opt.update(mixed, opt.init(mixed))
+    new = O.apply_updates(mixed, u)
+    assert new["a"].dtype == jnp.float32 and new["b"].dtype == jnp.float64
+    assert s.slots["velocity"]["a"].dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(new["a"]), 0.9)
+
+
+# ------------------------------------------------------------ no retracing --
+def test_set_hyperparams_does_not_retrace():
+    traces = 0
+    opt = O.chain(O.clip_by_global_norm(10.0), O.adam(0.1, decay=0.01))
+    p, g = jnp.ones(3), jnp.array([0.5, -1.0, 2.0])
+
+    @jax.jit
+    def step(p, s):  # two updates: Adam's first step does not depend on b1, b2 or decay
+        nonlocal traces
+        traces += 1
+        for _ in range(2):
+            u, s = opt.update(g * p, s, p)
+            p = O.apply_updates(p, u)
+        return p, s
+
+    s = opt.init(p)
+    first, _ = step(p, s)
+    for name, value in [("learning_rate", 0.5), ("b1", 0.5), ("b2", 0.9), ("eps", 1e-3),
+                        ("decay", 0.5), ("max_norm", 0.1)]:
+        changed, _ = step(p, O.set_hyperparams(s, **{name: value}))
+        assert not np.allclose(changed, first), name
+    assert traces == 1
+    # the new value acts exactly like building the optimizer with it
+    fresh, want = O.adam(0.5, decay=0.01), p
+    fresh_state = fresh.init(p)
+    for _ in range(2):
+        u, fresh_state = fresh.update(g * want, fresh_state, want)
+        want = want + u
+    got, _ = step(p, O.set_hyperparams(s, learning_rate=0.5))
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+def test_update_is_static_and_equal_across_hyperparameter_values():
+    traces = 0
+
+    @functools.partial(jax.jit, static_argnums=0)
+    def step(update, p, s, g):
+        nonlocal traces
+        traces += 1
+        return update(g, s, p)[0]
+
+    p, g = jnp.ones(3), jnp.array([0.5, -1.0, 2.0])
+    results = []
+    for opt in [O.adam(0.01), O.adam(0.02), O.adam(0.03, b1=0.5, decay=1e-3)]:
+        results.append(step(opt.update, p, opt.init(p), g))
+    assert traces == 1
+    np.testing.assert_allclose(results[1], 2 * results[0], rtol=1e-12)
+    a, b = O.sgd(O.cosine_decay(0.1, 10)), O.sgd(O.cosine_decay(0.3, 20), momentum=0.5)
+    assert a.update == b.update and hash(a.update) == hash(b.update)
+    assert O.sgd(0.1).update != O.sgd(0.1, nesterov=True).update
+    assert O.sgd(0.1).update != O.sgd(0.1, convention="nnfs").update
+    assert O.adam().update != O.adamw().update
+    assert O.sgd(0.1).update != O.sgd(O.cosine_decay(0.1, 10)).update
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        O.sgd(0.1).update.nesterov = True
+
+
+# --------------------------------------------------------------------- vmap --
+def _train(opt_state, opt, steps=100):
+    x = jnp.array([1.0, -2.0, 3.0])
+
+    def body(carry, _):
+        x, s = carry
+        u, s = opt.update(jax.grad(parabola)(x), s, x)
+        return (O.apply_updates(x, u), s), None
+
+    return jax.lax.scan(body, (x, opt_state), None, length=steps)[0][0]
+
+
+def test_vmap_over_learning_rates_equals_the_loop():
+    lrs = jnp.array([0.001, 0.01, 0.05])
+    x0 = jnp.zeros(3)
+    opt = O.chain(O.clip_by_global_norm(2.0), O.adam(0.1, decay=1e-3))
+    batched = jax.jit(jax.vmap(
+        lambda lr: _train(O.set_hyperparams(opt.init(x0), learning_rate=lr), opt)))(lrs)
+    built = jax.jit(jax.vmap(  # constructing the optimizer from a tracer works too
+        lambda lr: _train(O.adam(lr, decay=1e-3).init(x0), O.adam(lr, decay=1e-3))))(lrs)
+    for i, lr in enumerate([0.001, 0.01, 0.05]):
+        one = O.chain(O.clip_by_global_norm(2.0), O.adam(lr, decay=1e-3))
+        np.testing.assert_allclose(batched[i], _train(one.init(x0), one), rtol=1e-10)
+        plain = O.adam(lr, decay=1e-3)
+        np.testing.assert_allclose(built[i], _train(plain.init(x0), plain), rtol=1e-10)
+    assert not np.allclose(batched[0], batched[2])
+
+
+# ---------------------------------------------------------- clipping, chain --
+def test_clip_by_global_norm_matches_numpy():
+    g = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[12.0]])}  # global norm 13
+    assert float(O.global_norm(g)) == pytest.approx(13.0)
+    clip = O.clip_by_global_norm(6.5)
+    u, _ = clip.update(g, clip.init(g))
+    np.testing.assert_allclose(u["a"], [1.5, 2.0], rtol=1e-12)
+    np.testing.assert_allclose(u["b"], [[6.0]], rtol=1e-12)
+    loose = O.clip_by_global_norm(20.0)
+    u, _ = loose.update(g, loose.init(g))
+    np.testing.assert_allclose(u["a"], [3.0, 4.0], rtol=1e-12)
+
+
+def test_chain_clip_then_adam_matches_numpy():
+    rng = np.random.default_rng(1)
+    w0, grads = rng.normal(size=4), rng.normal(size=(100, 4)) * 3
+    got = trajectory(O.chain(O.clip_by_global_norm(5.0), O.adam(0.01)), jnp.asarray(w0), grads)
+    norms = np.linalg.norm(grads, axis=1, keepdims=True)
+    clipped = np.where(norms < 5.0, grads, grads / norms * 5.0)
+    assert np.any(norms > 5.0) and np.any(norms < 5.0)
+    want = numpy_run("adam", w0, clipped, lambda t: 0.01)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-6)
+
+
+def test_chain_hyperparameter_names():
+    p = jnp.ones(2)
+    s = O.chain(O.clip_by_global_norm(1.0), O.sgd(0.1), O.sgd(0.2)).init(p)
+    names = O.hyperparams(s)
+    assert "max_norm" in names and "1/learning_rate" in names and "2/learning_rate" in names
+    assert "learning_rate" not in names
+    s2 = O.set_hyperparams(s, max_norm=3.0, **{"2/learning_rate": 0.7, "0/max_norm": 4.0})
+    assert float(O.hyperparams(s2)["max_norm"]) == 4.0
+    assert float(O.hyperparams(s2)["2/learning_rate"]) == 0.7
+    assert float(O.hyperparams(s2)["1/learning_rate"]) == 0.1
+    with pytest.raises(ValueError, match=r"several links.*'1/learning_rate', '2/learning_rate'"):
+        O.set_hyperparams(s, learning_rate=0.5)
+    nested = O.chain(O.chain(O.sgd(0.1), O.sgd(0.2)), O.clip_by_global_norm(1.0)).init(p)
+    assert "0/1/learning_rate" in O.hyperparams(nested)
+    nested = O.set_hyperparams(nested, **{"0/1/learning_rate": 0.9})
+    assert float(O.hyperparams(nested)["0/1/learning_rate"]) == 0.9
+
+
+# --------------------------------------------------------------- schedules --
+STEPS = np.arange(0, 40)
+SCHEDULES = {
+    "constant": (O.constant(0.3), lambda t: 0.3 + 0 * t),
+    "inverse_time": (O.inverse_time_decay(0.1, 0.5), lambda t: 0.1 / (1 + 0.5 * t)),
+    "exponential": (O.exponential_decay(1.0, 0.5, 10), lambda t: 0.5 ** (t / 10)),
+    "exponential_staircase": (O.exponential_decay(1.0, 0.5, 10, staircase=True),
+                              lambda t: 0.5 ** np.floor(t / 10)),
+    "cosine": (O.cosine_decay(2.0, 25, alpha=0.1),
+               lambda t: 2.0 * (0.9 * 0.5 * (1 + np.cos(np.pi * np.minimum(t, 25) / 25)) + 0.1)),
+    "warmup": (O.linear_warmup(1.0, 10, start_value=0.2),
+               lambda t: np.where(t < 10, 0.2 + 0.8 * t / 10, 1.0)),
+    "warmup_then_exponential": (
+        O.linear_warmup(1.0, 10, then=O.exponential_decay(1.0, 0.1, 20)),
+        lambda t: np.where(t < 10, t / 10, 0.1 ** ((t - 10) / 20))),
+    "warmup_cosine": (O.warmup_cosine_decay(0.0, 1.0, 5, 30, end_value=0.1),
+                      lambda t: np.where(t < 5, t / 5, 0.1 + 0.9 * 0.5 * (
+                          1 + np.cos(np.pi * np.clip(t - 5, 0, 25) / 25)))),
+    "piecewise": (O.piecewise_constant([10, 20], [1.0, 0.5, 0.1]),
+                  lambda t: np.select([t < 10, t < 20], [1.0, 0.5], 0.1)),
+}
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
+def test_schedule_matches_closed_form(name):
+    schedule, closed_form = SCHEDULES[name]
+    got = jax.vmap(schedule)(jnp.asarray(STEPS))
+    np.testing.assert_allclose(np.asarray(got), closed_form(STEPS.astype(float)),
+                               rtol=1e-12, atol=1e-15)
+
+
+def test_schedule_inside_optimizer_uses_step_count():
+    """SGD's update at step t is -schedule(t) * g, and schedule hparams can be changed."""
+    opt = O.sgd(O.piecewise_constant([2, 4], [1.0, 0.5, 0.1]))
+    p, g = jnp.zeros(1), jnp.ones(1)
+    s, seen = opt.init(p), []
+    for _ in range(6):
+        u, s = opt.update(g, s)
+        seen.append(-float(u[0]))
+    assert seen == [1.0, 1.0, 0.5, 0.5, 0.1, 0.1]
+    s = O.set_hyperparams(s, values=jnp.array([3.0, 2.0, 1.0]))
+    assert -float(opt.update(g, s)[0][0]) == 1.0
+    assert set(O.hyperparams(s)) == {"boundaries", "values", "momentum"}
+
+
+def test_plain_callable_learning_rate():
+    opt = O.sgd(lambda t: 1.0 / (t + 1))
+    s, p, g = None, jnp.zeros(1), jnp.ones(1)
+    s = opt.init(p)
+    steps = []
+    for _ in range(3):
+        u, s = opt.update(g, s)
+        steps.append(-float(u[0]))
+    np.testing.assert_allclose(steps, [1.0, 0.5, 1 / 3])
+
+
+# -------------------------------------------------------------- bad input --
+@pytest.mark.parametrize("make, match", [
+    (lambda: O.sgd(-0.1), r"sgd: learning_rate must be finite and >= 0, got -0.1"),
+    (lambda: O.adam(float("nan")), r"adam: learning_rate must be finite"),
+    (lambda: O.adam(b1=1.0), r"adam: b1 must be finite and in \[0, 1\)"),
+    (lambda: O.adamw(b2=-0.1), r"adamw: b2 must be .* in \[0, 1\)"),
+    (lambda: O.adam(eps=-1e-8), r"adam: eps must be .* >= 0"),
+    (lambda: O.sgd(0.1, momentum=-0.5), r"sgd: momentum must be"),
+    (lambda: O.sgd(0.1, decay=-1.0), r"sgd: decay must be .* >= 0"),
+    (lambda: O.rmsprop(rho=1.5), r"rmsprop: rho must be"),
+    (lambda: O.adamw(weight_decay=-1.0), r"adamw: weight_decay must be"),
+    (lambda: O.adagrad(0.1, initial_accumulator_value=-1.0),
+     r"adagrad: initial_accumulator_value must be"),
+    (lambda: O.clip_by_global_norm(0.0), r"clip_by_global_norm: max_norm must be .* > 0"),
+    (lambda: O.clip_by_global_norm(-1.0), r"max_norm must be"),
+    (lambda: O.sgd(0.1, convention="pytorch"), r"convention must be one of .*'pytorch'"),
+    (lambda: O.adam(convention="NNFS"), r"convention must be one of"),
+    (lambda: O.adam(O.cosine_decay(0.1, 10), decay=0.1), r"decay only applies to a float"),
+    (lambda: O.cosine_decay(0.1, 0), r"cosine_decay: decay_steps must be .* > 0"),
+    (lambda: O.cosine_decay(0.1, 10, alpha=2.0), r"alpha must be .* in \[0, 1\]"),
+    (lambda: O.exponential_decay(0.1, 0.0, 10), r"decay_rate must be"),
+    (lambda: O.linear_warmup(0.1, 0), r"linear_warmup: warmup_steps must be"),
+    (lambda: O.linear_warmup(0.1, 5, then=O.linear_warmup(0.1, 5)), r"appear in both"),
+    (lambda: O.warmup_cosine_decay(0.0, 1.0, 10, 10), r"decay_steps .* must exceed"),
+    (lambda: O.piecewise_constant([1, 2], [1.0, 0.5]), r"len\(values\) == len\(boundaries\)"),
+    (lambda: O.piecewise_constant([2, 1], [1.0, 0.5, 0.1]), r"strictly increasing"),
+    (lambda: O.inverse_time_decay(0.1, float("inf")), r"decay must be finite"),
+])
+def test_bad_values_raise_value_error(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_bad_types_and_states_raise():
+    p = jnp.ones(2)
+    with pytest.raises(TypeError, match=r"learning_rate must be a number .* got 'fast'"):
+        O.sgd("fast")
+    with pytest.raises(TypeError, match=r"every parameter must be a float array.*int"):
+        O.adam().init(jnp.arange(3))
+    with pytest.raises(ValueError, match=r"params has no arrays"):
+        O.adam().init({})
+    with pytest.raises(TypeError, match=r"chain: expected one or more Optimizers"):
+        O.chain()
+    with pytest.raises(TypeError, match=r"expected the state made by this optimizer's init"):
+        O.adam().update(p, O.chain(O.adam()).init(p))
+    with pytest.raises(ValueError, match=r"grads have structure"):
+        O.adam().update((p, p), O.adam().init(p))
+    with pytest.raises(ValueError, match=r"adamw.update: needs params"):
+        O.adamw().update(p, O.adamw().init(p))
+    with pytest.raises(ValueError, match=r"apply_updates: params have structure"):
+        O.apply_updates((p, p), (p,))
+    s = O.adam().init(p)
+    with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['lr'\].*'learning_rate'"):
+        O.set_hyperparams(s, lr=0.1)
+    with pytest.raises(ValueError, match=r"set_hyperparams: learning_rate must be .* >= 0"):
+        O.set_hyperparams(s, learning_rate=-1.0)
+    with pytest.raises(ValueError, match=r"must have shape \(\), got \(3,\).*vmap"):
+        O.set_hyperparams(s, learning_rate=jnp.ones(3))
+    with pytest.raises(TypeError, match=r"hyperparams: expected an optimizer state"):
+        O.hyperparams({"learning_rate": 0.1})
+
+
+def test_traced_values_skip_the_value_check():
+    """Inside jit the value is unknown, so construction must not try to check it."""
+    p = jnp.ones(2)
+    out = jax.jit(lambda lr: O.hyperparams(O.adam(lr).init(p))["learning_rate"])(-1.0)
+    assert float(out) == -1.0
