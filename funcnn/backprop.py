@@ -231,12 +231,15 @@ def _loss_rule(loss: Callable) -> Callable:
             f"known: {names}. Use jax.grad for a custom loss.") from None
 
 
-def value_and_grad(model: nn.Layer, loss: Callable) -> Callable:
+def value_and_grad(model: nn.Layer, loss: Callable, *,
+                   return_output: bool = False) -> Callable:
     """``f(params, x, y, *, key=None, train=False) -> (loss, grads)``, all by hand.
 
     One forward pass records every layer's input and output, the loss's rule gives
     ``dL/d(output)``, and the layers' rules run last to first. ``grads`` has exactly
-    the pytree structure of ``params``.
+    the pytree structure of ``params``. With ``return_output=True`` it returns
+    ``((loss, output), grads)``, like ``jax.value_and_grad(..., has_aux=True)``, so a
+    training loop gets the predictions for its metrics without a second forward pass.
     """
     rule = _loss_rule(loss)
 
@@ -244,7 +247,7 @@ def value_and_grad(model: nn.Layer, loss: Callable) -> Callable:
         out, tape = forward(model, params, x, key, train)
         value = loss(out, y)
         grads, _ = backward(model, params, tape, rule(out, y), key, train)
-        return value, grads
+        return ((value, out), grads) if return_output else (value, grads)
 
     return f
 

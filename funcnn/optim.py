@@ -630,3 +630,20 @@ def set_hyperparams(state: OptState | ChainState, **values: Any) -> OptState | C
         per_link[i][name] = value
     return ChainState(tuple(set_hyperparams(s, **v) if v else s
                             for s, v in zip(state.states, per_link)))
+
+
+def learning_rate(update: Callable, state: OptState | ChainState) -> Array | None:
+    """The learning rate the next update will use (the first in a chain), for logging.
+
+    ``update`` is ``opt.update``; returns None when no link has a learning rate.
+    """
+    if isinstance(update, _Chain):
+        for link, s in zip(update.links, state.states):
+            lr = learning_rate(link, s)
+            if lr is not None:
+                return lr
+        return None
+    if not isinstance(update, _Update) or update.schedule is None:
+        return None
+    h = state.hparams
+    return update.schedule(h, state.count.astype(next(iter(h.values())).dtype))
