@@ -166,8 +166,8 @@ def _mse(p, t):
 
 
 def _mae(p, t):
-    # L = mean(|p - t|): dL/dp = sign(p - t) / size.
-    return jnp.sign(p - t.astype(p.dtype)) / p.size
+    # L = mean(|p - t|): dL/dp = sign(p - t) / size (+1 at p = t, as for l1 above).
+    return jnp.where(p >= t.astype(p.dtype), 1, -1).astype(p.dtype) / p.size
 
 
 LOSS_RULES: dict[Callable, Callable] = {
@@ -181,7 +181,10 @@ LOSS_RULES: dict[Callable, Callable] = {
 
 # Penalty rules: tree -> d(penalty)/d(tree), leaf by leaf.
 PENALTY_RULES: dict[Callable, Callable] = {
-    losses.l1: lambda tree: jax.tree.map(jnp.sign, tree),   # d|w|/dw = sign(w)
+    # d|w|/dw = sign(w); at w = 0 (zero-initialised biases) NNFS takes +1, as does
+    # jax.grad of jnp.abs, so the two engines agree from the first step.
+    losses.l1: lambda tree: jax.tree.map(lambda w: jnp.where(w >= 0, 1, -1).astype(w.dtype),
+                                         tree),
     losses.l2: lambda tree: jax.tree.map(lambda w: 2 * w, tree),  # d w^2/dw = 2w
 }
 

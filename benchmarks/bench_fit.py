@@ -1,0 +1,698 @@
+"""``train.fit`` against its peers: seconds per epoch / per run, and ratios.
+
+    python benchmarks/bench_fit.py [--workload A|B|all] [--repeat N] [--scale]
+                                   [--skip-numpy] [--diagnose] [--only NAME,...]
+
+Workloads (float32, softmax cross-entropy on integer labels, Adam lr 1e-3):
+
+* **A**: synthetic MNIST-shaped data, 60000 x 784 (uniform pixels, labels from a fixed
+  random linear teacher so the loss can fall), MLP 784-128-ReLU-10, batch 128 (468
+  steps, the last 96 examples of each shuffled epoch left out), every epoch reshuffled.
+  A timed run is one epoch.
+* **B**: the nnfs spiral set, 300 points, MLP 2-64-ReLU-3, full batch (no shuffle:
+  the order of a full batch changes nothing). A timed run is 2000 steps.
+
+``--scale`` makes both bigger, for a GPU: A with 1024 hidden units, B with 30000 points
+and 512 hidden units (same step counts).
+
+Contenders, each written the way its own documentation teaches:
+
+* ``pure JAX scan``: the XLA limit. One ``jax.jit`` call per run: the epoch's
+  permutation drawn on device, then ``lax.scan`` over the steps, each gathering its
+  batch, ``jax.value_and_grad`` and a hand-written Adam; returns the mean loss.
+* ``funcnn fit``: ``train.fit`` as a user calls it (numpy data in, ``progress=False``),
+  with ``engine="backprop"`` (default) and ``engine="jax"``.
+* ``Flax Linen``: ``TrainState`` + ``jax.jit`` ``train_step`` called per batch from
+  Python; ``Flax NNX``: ``nnx.Optimizer`` + ``nnx.jit``; ``Equinox``:
+  ``eqx.filter_jit`` step; ``Haiku``: ``hk.transform`` + ``jax.jit``; all with optax.
+  ``stax``: ``jax.example_libraries.stax`` + ``optimizers.adam``.
+* ``numpy (NNFS)``: the book's Layer_Dense / ReLU / softmax-CE / Adam classes, batch
+  loop in Python.
+
+The Python-loop peers share one host-side batcher (numpy ``permutation`` each epoch,
+fancy-indexed batches, as the Flax and stax MNIST examples do), so every contender pays
+a reshuffle per epoch; in B they get device-resident full-batch arrays. Peers come from
+the optional extra (``pip install -e .[bench]``) and are skipped with a note when absent.
+
+Method: every contender first runs once untimed (compiles; numpy: a few steps). Then
+``--repeat`` rounds (default 3); each round times one run of every contender, in an
+order reversed every other round so drift spreads evenly. numpy runs only in the first
+round of A (an epoch there takes seconds). A time is the median over rounds, measured
+until the run's loss is on the host. ``x JAX scan`` is that median over the pure-JAX
+median (target for funcnn: <= 1.05); ``paired`` is the median of the round-by-round
+ratios, which cancels slow drift. The load average (``os.getloadavg``) is printed
+before and after each workload: numbers taken with a load above the core count are
+noise-dominated.
+
+``--diagnose`` adds rows that take ``fit`` apart (the compiled epochs called directly
+on device data; ``fit`` given device arrays; ``fit`` with a larger ``epochs_per_call``)
+and prints the compiled programs' op counts, to show where a gap comes from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _timing
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn import data, losses, nn, optim, train
+
+try:
+    from _timing import env_line, print_table
+except ImportError:  # keep the script runnable on its own
+    import platform
+
+    def env_line() -> str:
+        return (f"python {platform.python_version()} | jax {jax.__version__} | numpy "
+                f"{np.__version__} | backend {jax.default_backend()} | device "
+                f"{jax.devices()[0].device_kind} | CPUs {os.cpu_count()}")
+
+    def print_table(rows, headers):
+        def fmt(c):
+            return f"{c:.3g}" if isinstance(c, float) else str(c)
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+        lines += ["| " + " | ".join(fmt(c) for c in r) + " |" for r in rows]
+        print("\n".join(lines), flush=True)
+        return "\n".join(lines)
+
+LR = 1e-3
+B1, B2, EPS = 0.9, 0.999, 1e-8
+REF = "pure JAX scan"
+FIT = "funcnn fit (backprop)"
+
+
+class Skip(Exception):
+    """A contender that cannot run here (its package is missing)."""
+
+
+# --------------------------------------------------------------------------------------
+# Workloads
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Workload:
+    key: str
+    title: str
+    x: np.ndarray  # float32 (N, D)
+    y: np.ndarray  # int32 (N,)
+    hidden: int
+    classes: int
+    batch: int  # == N: full batch, no shuffle
+    epochs: int  # epochs per timed run
+
+    @property
+    def n(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def full_batch(self) -> bool:
+        return self.batch == self.n
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.n // self.batch
+
+    @property
+    def steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+
+def workload_a(scale: bool) -> Workload:
+    rng = np.random.default_rng(0)
+    x = rng.random((60000, 784), dtype=np.float32)
+    teacher = rng.standard_normal((784, 10)).astype(np.float32)
+    y = np.argmax((x - 0.5) @ teacher, axis=1).astype(np.int32)
+    hidden = 1024 if scale else 128
+    return Workload("A", f"A: MNIST-shaped 60000x784, 784-{hidden}-ReLU-10, batch 128, "
+                    "Adam 1e-3, one epoch (468 steps)", x, y, hidden, 10, 128, 1)
+
+
+def workload_b(scale: bool) -> Workload:
+    samples, hidden = (10000, 512) if scale else (100, 64)
+    x, y = data.spiral_data(samples, 3)
+    return Workload("B", f"B: spiral {3 * samples} points, 2-{hidden}-ReLU-3, full batch, "
+                    "Adam 1e-3, 2000 steps", x.astype(np.float32), y.astype(np.int32),
+                    hidden, 3, 3 * samples, 2000)
+
+
+def funcnn_model(wl: Workload) -> nn.Layer:
+    return nn.serial(nn.dense(wl.hidden), nn.relu(), nn.dense(wl.classes))
+
+
+def shared_init(wl: Workload, model: nn.Layer):
+    """funcnn's initial weights (glorot, zero bias), reused by pure JAX and numpy."""
+    params = model.init(jax.random.split(jax.random.key(0))[0], (wl.x.shape[1],))
+    return [(np.asarray(params[0].w), np.asarray(params[0].b)),
+            (np.asarray(params[2].w), np.asarray(params[2].b))]
+
+
+def host_batches(wl: Workload, rng: np.random.Generator):
+    """One epoch of host-side minibatches, reshuffled (the Flax / stax MNIST examples)."""
+    perm = rng.permutation(wl.n)
+    for i in range(wl.steps_per_epoch):
+        idx = perm[i * wl.batch:(i + 1) * wl.batch]
+        yield wl.x[idx], wl.y[idx]
+
+
+def python_loop(wl: Workload, step: Callable, state: Any, *, seed: int = 0) -> Callable:
+    """A run of ``wl.epochs`` epochs, ``state, loss = step(state, xb, yb)`` per batch.
+
+    Losses stay on the device until the end of each epoch, when they are fetched and
+    averaged (the Flax examples' ``jax.device_get(batch_metrics)``). In the full-batch
+    workload the data is put on the device once.
+    """
+    rng = np.random.default_rng(seed)
+    holder = [state]
+    full = (jnp.asarray(wl.x), jnp.asarray(wl.y)) if wl.full_batch else None
+
+    def run() -> float:
+        st, mean = holder[0], float("nan")
+        for _ in range(wl.epochs):
+            losses_ = []
+            for xb, yb in ([full] if full is not None else host_batches(wl, rng)):
+                st, loss = step(st, xb, yb)
+                losses_.append(loss)
+            mean = float(np.mean(jax.device_get(losses_)))
+        holder[0] = st
+        return mean
+
+    return run
+
+
+def xent(logits, y):
+    """Mean softmax cross-entropy on integer labels (pure jnp, for the reference)."""
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+
+# --------------------------------------------------------------------------------------
+# Contenders: each factory returns run() -> loss (float, on the host)
+# --------------------------------------------------------------------------------------
+
+def make_pure_jax(wl: Workload) -> Callable:
+    init = shared_init(wl, funcnn_model(wl))
+    params = [(jnp.asarray(w), jnp.asarray(b)) for w, b in init]
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    xd, yd = jnp.asarray(wl.x), jnp.asarray(wl.y)
+    n, bs, steps = wl.n, wl.batch, wl.steps_per_epoch
+
+    def loss_fn(p, xb, yb):
+        (w1, b1), (w2, b2) = p
+        return xent(jnp.maximum(xb @ w1 + b1, 0) @ w2 + b2, yb)
+
+    def sgd_step(carry, xb, yb):
+        p, m, v, t = carry
+        loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+        t = t + 1
+        m = jax.tree.map(lambda m, g: B1 * m + (1 - B1) * g, m, g)
+        v = jax.tree.map(lambda v, g: B2 * v + (1 - B2) * g * g, v, g)
+        c1, c2 = 1 - B1 ** t, 1 - B2 ** t
+        p = jax.tree.map(lambda p, m, v: p - LR * (m / c1) / (jnp.sqrt(v / c2) + EPS), p, m, v)
+        return (p, m, v, t), loss
+
+    @jax.jit
+    def run_epochs(carry, key, x, y):
+        if wl.full_batch:  # B: every step sees the whole set
+            carry, ls = jax.lax.scan(lambda c, _: sgd_step(c, x, y), carry, None,
+                                     length=wl.steps)
+            return carry, ls[-1]
+
+        def epoch(carry, e):
+            perm = jax.random.permutation(jax.random.fold_in(key, e), n)
+            idx = perm[:steps * bs].reshape(steps, bs)
+            carry, ls = jax.lax.scan(lambda c, i: sgd_step(c, x[i], y[i]), carry, idx)
+            return carry, jnp.mean(ls)
+
+        e0 = carry[3].astype(jnp.int32) // steps
+        carry, ls = jax.lax.scan(epoch, carry, e0 + jnp.arange(wl.epochs))
+        return carry, ls[-1]
+
+    holder = [(params, zeros, zeros, jnp.zeros((), jnp.float32))]
+    key = jax.random.key(1)
+
+    def run() -> float:
+        holder[0], loss = run_epochs(holder[0], key, xd, yd)
+        return float(loss)
+
+    run.lowered = lambda: run_epochs.lower(holder[0], key, xd, yd)
+    return run
+
+
+def make_funcnn(wl: Workload, engine: str, *, device_data: bool = False,
+                epochs_per_call: int | None = None) -> Callable:
+    model, loss = funcnn_model(wl), losses.softmax_cross_entropy
+    opt = optim.adam(LR)
+    holder = [train.init_state(model, opt, jax.random.key(0), (wl.x.shape[1],))]
+    x, y = (jnp.asarray(wl.x), jnp.asarray(wl.y)) if device_data else (wl.x, wl.y)
+
+    def run() -> float:
+        holder[0], hist = train.fit(model, loss, opt, holder[0], x, y, epochs=wl.epochs,
+                                    batch_size=wl.batch, engine=engine, progress=False,
+                                    epochs_per_call=epochs_per_call)
+        return float(hist["loss"][-1])
+
+    return run
+
+
+def make_funcnn_inner(wl: Workload, engine: str) -> Callable:
+    """Diagnostic: the compiled epochs ``fit`` calls, on device data, no ``fit`` wrapper."""
+    model, loss = funcnn_model(wl), losses.softmax_cross_entropy
+    opt = optim.adam(LR)
+    holder = [train.init_state(model, opt, jax.random.key(0), (wl.x.shape[1],))]
+    xd, yd = jnp.asarray(wl.x), jnp.asarray(wl.y)
+    cfg = dict(model=model, loss=loss, update=opt.update, engine=engine, batch_size=wl.batch,
+               shuffle=True, epochs=min(wl.epochs, max(1, -(-2048 // wl.steps_per_epoch))))
+    calls = -(-wl.epochs // cfg["epochs"])
+
+    def run() -> float:
+        m = None
+        for _ in range(calls):
+            holder[0], m = train._run_epochs(holder[0], xd, yd, None, None, **cfg)
+        return float(m["loss"][-1])
+
+    run.lowered = lambda: train._run_epochs.lower(holder[0], xd, yd, None, None, **cfg)
+    return run
+
+
+def make_linen(wl: Workload) -> Callable:
+    try:
+        import flax.linen as fnn
+        import optax
+        from flax.training import train_state
+    except ImportError as e:
+        raise Skip(f"flax/optax not installed ({e.name})") from None
+
+    class MLP(fnn.Module):
+        hidden: int
+        classes: int
+
+        @fnn.compact
+        def __call__(self, x):
+            x = fnn.relu(fnn.Dense(self.hidden)(x))
+            return fnn.Dense(self.classes)(x)
+
+    model = MLP(wl.hidden, wl.classes)
+    params = model.init(jax.random.key(0), jnp.ones((1, wl.x.shape[1])))["params"]
+    state = train_state.TrainState.create(apply_fn=model.apply, params=params,
+                                          tx=optax.adam(LR))
+
+    @jax.jit
+    def train_step(state, x, y):
+        def loss_fn(params):
+            logits = state.apply_fn({"params": params}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+        loss, grads = jax.value_and_grad(loss_fn)(state.params)
+        return state.apply_gradients(grads=grads), loss
+
+    return python_loop(wl, train_step, state)
+
+
+def make_nnx(wl: Workload) -> Callable:
+    try:
+        import optax
+        from flax import nnx
+    except ImportError as e:
+        raise Skip(f"flax/optax not installed ({e.name})") from None
+
+    class MLP(nnx.Module):
+        def __init__(self, d_in, hidden, classes, *, rngs):
+            self.l1 = nnx.Linear(d_in, hidden, rngs=rngs)
+            self.l2 = nnx.Linear(hidden, classes, rngs=rngs)
+
+        def __call__(self, x):
+            return self.l2(nnx.relu(self.l1(x)))
+
+    model = MLP(wl.x.shape[1], wl.hidden, wl.classes, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, optax.adam(LR), wrt=nnx.Param)
+
+    @nnx.jit
+    def train_step(model, optimizer, x, y):
+        def loss_fn(model):
+            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
+        loss, grads = nnx.value_and_grad(loss_fn)(model)
+        optimizer.update(model, grads)
+        return loss
+
+    def step(state, x, y):  # NNX mutates model and optimizer in place
+        return state, train_step(model, optimizer, x, y)
+
+    return python_loop(wl, step, None)
+
+
+def make_equinox(wl: Workload) -> Callable:
+    try:
+        import equinox as eqx
+        import optax
+    except ImportError as e:
+        raise Skip(f"equinox/optax not installed ({e.name})") from None
+
+    model = eqx.nn.MLP(wl.x.shape[1], wl.classes, wl.hidden, depth=1,
+                       activation=jax.nn.relu, key=jax.random.key(0))
+    tx = optax.adam(LR)
+    opt_state = tx.init(eqx.filter(model, eqx.is_inexact_array))
+
+    def loss_fn(model, x, y):
+        logits = jax.vmap(model)(x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    @eqx.filter_jit
+    def make_step(model, opt_state, x, y):
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model, x, y)
+        updates, opt_state = tx.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    def step(state, x, y):
+        model, opt_state, loss = make_step(*state, x, y)
+        return (model, opt_state), loss
+
+    return python_loop(wl, step, (model, opt_state))
+
+
+def make_haiku(wl: Workload) -> Callable:
+    try:
+        import haiku as hk
+        import optax
+    except ImportError as e:
+        raise Skip(f"dm-haiku/optax not installed ({e.name})") from None
+
+    net = hk.without_apply_rng(hk.transform(
+        lambda x: hk.nets.MLP([wl.hidden, wl.classes])(x)))
+    params = net.init(jax.random.key(0), jnp.ones((1, wl.x.shape[1])))
+    tx = optax.adam(LR)
+
+    def loss_fn(params, x, y):
+        return optax.softmax_cross_entropy_with_integer_labels(net.apply(params, x), y).mean()
+
+    @jax.jit
+    def update(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(loss_fn)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    def step(state, x, y):
+        params, opt_state, loss = update(*state, x, y)
+        return (params, opt_state), loss
+
+    return python_loop(wl, step, (params, tx.init(params)))
+
+
+def make_stax(wl: Workload) -> Callable:
+    try:
+        from jax.example_libraries import optimizers, stax
+    except ImportError as e:
+        raise Skip(f"jax.example_libraries missing ({e.name})") from None
+    import itertools
+
+    init_random_params, predict = stax.serial(
+        stax.Dense(wl.hidden), stax.Relu, stax.Dense(wl.classes), stax.LogSoftmax)
+    _, params = init_random_params(jax.random.key(0), (-1, wl.x.shape[1]))
+    opt_init, opt_update, get_params = optimizers.adam(LR)
+    itercount = itertools.count()
+    classes = wl.classes
+
+    def loss(params, batch):
+        inputs, targets = batch
+        onehot = jax.nn.one_hot(targets, classes)
+        return -jnp.mean(jnp.sum(predict(params, inputs) * onehot, axis=1))
+
+    @jax.jit
+    def update(i, opt_state, batch):
+        params = get_params(opt_state)
+        value, g = jax.value_and_grad(loss)(params, batch)
+        return opt_update(i, g, opt_state), value
+
+    def step(opt_state, x, y):
+        return update(next(itercount), opt_state, (x, y))
+
+    return python_loop(wl, step, opt_init(params))
+
+
+class LayerDense:
+    """NNFS chapter 9: ``output = inputs @ weights + biases`` and its backward pass."""
+
+    def __init__(self, weights, biases):
+        self.weights, self.biases = weights.copy(), biases.reshape(1, -1).copy()
+        self.weight_momentums = np.zeros_like(self.weights)
+        self.weight_cache = np.zeros_like(self.weights)
+        self.bias_momentums = np.zeros_like(self.biases)
+        self.bias_cache = np.zeros_like(self.biases)
+
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = np.dot(inputs, self.weights) + self.biases
+
+    def backward(self, dvalues):
+        self.dweights = np.dot(self.inputs.T, dvalues)
+        self.dbiases = np.sum(dvalues, axis=0, keepdims=True)
+        self.dinputs = np.dot(dvalues, self.weights.T)
+
+
+class ActivationReLU:
+    def forward(self, inputs):
+        self.inputs = inputs
+        self.output = np.maximum(0, inputs)
+
+    def backward(self, dvalues):
+        self.dinputs = dvalues.copy()
+        self.dinputs[self.inputs <= 0] = 0
+
+
+class ActivationSoftmaxLossCCE:
+    """NNFS chapter 9: softmax and categorical cross-entropy with the fused backward."""
+
+    def forward(self, inputs, y_true):
+        exp_values = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
+        self.output = exp_values / np.sum(exp_values, axis=1, keepdims=True)
+        clipped = np.clip(self.output, 1e-7, 1 - 1e-7)
+        return np.mean(-np.log(clipped[range(len(clipped)), y_true]))
+
+    def backward(self, dvalues, y_true):
+        samples = len(dvalues)
+        self.dinputs = dvalues.copy()
+        self.dinputs[range(samples), y_true] -= 1
+        self.dinputs = self.dinputs / samples
+
+
+class OptimizerAdam:
+    """NNFS chapter 10 (with optax's eps 1e-8, like every other contender here)."""
+
+    def __init__(self, learning_rate=LR, epsilon=EPS, beta_1=B1, beta_2=B2):
+        self.learning_rate, self.epsilon = learning_rate, epsilon
+        self.beta_1, self.beta_2, self.iterations = beta_1, beta_2, 0
+
+    def update_params(self, layer):
+        b1, b2, t = self.beta_1, self.beta_2, self.iterations + 1
+        layer.weight_momentums = b1 * layer.weight_momentums + (1 - b1) * layer.dweights
+        layer.bias_momentums = b1 * layer.bias_momentums + (1 - b1) * layer.dbiases
+        weight_momentums_corrected = layer.weight_momentums / (1 - b1 ** t)
+        bias_momentums_corrected = layer.bias_momentums / (1 - b1 ** t)
+        layer.weight_cache = b2 * layer.weight_cache + (1 - b2) * layer.dweights ** 2
+        layer.bias_cache = b2 * layer.bias_cache + (1 - b2) * layer.dbiases ** 2
+        weight_cache_corrected = layer.weight_cache / (1 - b2 ** t)
+        bias_cache_corrected = layer.bias_cache / (1 - b2 ** t)
+        layer.weights += -self.learning_rate * weight_momentums_corrected / (
+            np.sqrt(weight_cache_corrected) + self.epsilon)
+        layer.biases += -self.learning_rate * bias_momentums_corrected / (
+            np.sqrt(bias_cache_corrected) + self.epsilon)
+
+    def post_update_params(self):
+        self.iterations += 1
+
+
+def make_numpy(wl: Workload, max_steps: int | None = None) -> Callable:
+    (w1, b1), (w2, b2) = shared_init(wl, funcnn_model(wl))
+    dense1, activation1, dense2 = LayerDense(w1, b1), ActivationReLU(), LayerDense(w2, b2)
+    loss_activation, optimizer = ActivationSoftmaxLossCCE(), OptimizerAdam()
+    rng = np.random.default_rng(0)
+
+    def train_batch(batch_x, batch_y):
+        dense1.forward(batch_x)
+        activation1.forward(dense1.output)
+        dense2.forward(activation1.output)
+        loss = loss_activation.forward(dense2.output, batch_y)
+        predictions = np.argmax(loss_activation.output, axis=1)
+        accuracy = np.mean(predictions == batch_y)
+        loss_activation.backward(loss_activation.output, batch_y)
+        dense2.backward(loss_activation.dinputs)
+        activation1.backward(dense2.dinputs)
+        dense1.backward(activation1.dinputs)
+        optimizer.update_params(dense1)
+        optimizer.update_params(dense2)
+        optimizer.post_update_params()
+        return loss, accuracy
+
+    def run(max_steps: int | None = max_steps) -> float:
+        done, loss = 0, float("nan")
+        for _ in range(wl.epochs):
+            epoch_loss = []
+            batches = [(wl.x, wl.y)] if wl.full_batch else host_batches(wl, rng)
+            for batch_x, batch_y in batches:
+                loss, _ = train_batch(batch_x, batch_y)
+                epoch_loss.append(loss)
+                done += 1
+                if max_steps is not None and done >= max_steps:
+                    return float(np.mean(epoch_loss))
+            loss = float(np.mean(epoch_loss))
+        return loss
+
+    return run
+
+
+# --------------------------------------------------------------------------------------
+# Driver
+# --------------------------------------------------------------------------------------
+
+def contenders(wl: Workload, args) -> list[tuple[str, Callable[[], Callable]]]:
+    out = [(REF, lambda: make_pure_jax(wl)),
+           (FIT, lambda: make_funcnn(wl, "backprop")),
+           ("funcnn fit (jax)", lambda: make_funcnn(wl, "jax"))]
+    if args.diagnose:
+        out += [("diag: funcnn _run_epochs, device data (backprop)",
+                 lambda: make_funcnn_inner(wl, "backprop")),
+                ("diag: funcnn _run_epochs, device data (jax)",
+                 lambda: make_funcnn_inner(wl, "jax")),
+                ("diag: funcnn fit, jax.Array data (backprop)",
+                 lambda: make_funcnn(wl, "backprop", device_data=True))]
+    out += [("Flax Linen + optax", lambda: make_linen(wl)),
+            ("Flax NNX + optax", lambda: make_nnx(wl)),
+            ("Equinox + optax", lambda: make_equinox(wl)),
+            ("Haiku + optax", lambda: make_haiku(wl)),
+            ("stax + optimizers.adam", lambda: make_stax(wl))]
+    if not args.skip_numpy:
+        out.append(("numpy (NNFS)", lambda: make_numpy(wl)))
+    if args.only:
+        keep = [s.strip().lower() for s in args.only.split(",")]
+        out = [(n, f) for n, f in out
+               if n in (REF, FIT) or any(k in n.lower() for k in keep)]
+    return out
+
+
+def loadavg() -> str:
+    try:
+        return "load average %.2f %.2f %.2f (1/5/15 min)" % os.getloadavg()
+    except OSError:
+        return "load average n/a"
+
+
+def op_counts(lowered) -> str:
+    """Counts of the main ops in a compiled program (fusions, dots, loops, gathers...)."""
+    text = lowered.compile().as_text()
+    names = ["fusion", "dot", "while", "gather", "dynamic-slice", "sort", "reduce",
+             "custom-call", "all-reduce", "copy", "rng-bit-generator", "threefry"]
+    counts = {}
+    for name in names:
+        c = len(re.findall(rf"= [^ ]+ {re.escape(name)}\(", text))
+        if c:
+            counts[name] = c
+    instrs = len(re.findall(r"^\s+[^ ]+ = ", text, flags=re.M))
+    return f"{instrs} instructions; " + ", ".join(f"{k} {v}" for k, v in counts.items())
+
+
+def bench(wl: Workload, args) -> None:
+    print(f"\n## {wl.title}\n", flush=True)
+    print(f"before: {loadavg()}", flush=True)
+    runs: dict[str, Callable] = {}
+    for name, factory in contenders(wl, args):
+        try:
+            runs[name] = factory()
+        except Skip as e:
+            print(f"skipped {name}: {e} (pip install -e .[bench])", flush=True)
+
+    # Warm-up: compile (one full run; numpy: a few steps).
+    warm = {}
+    for name, run in runs.items():
+        t0 = time.perf_counter()
+        loss = run(max_steps=3) if name.startswith("numpy") else run()
+        warm[name] = time.perf_counter() - t0
+        print(f"  warm-up {name}: {warm[name]:.2f} s (loss {loss:.4f})", flush=True)
+
+    if args.diagnose:
+        for name, run in runs.items():
+            if hasattr(run, "lowered"):
+                print(f"  compiled {name}: {op_counts(run.lowered())}", flush=True)
+
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    final: dict[str, float] = {}
+    names = list(runs)
+    for r in range(args.repeat):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            if name.startswith("numpy") and wl.key == "A" and r > 0 \
+                    and not args.numpy_repeat:
+                continue
+            t0 = time.perf_counter()
+            final[name] = runs[name]()
+            times[name].append(time.perf_counter() - t0)
+        print(f"  round {r + 1}/{args.repeat} done; {loadavg()}", flush=True)
+
+    med = {name: statistics.median(t) for name, t in times.items()}
+    ref, fit = med.get(REF), med.get(FIT)
+
+    def paired(name, base):
+        a, b = times[name], times.get(base)
+        if not b or len(a) != len(b):
+            return "-"
+        return float(statistics.median(x / y for x, y in zip(a, b)))
+
+    unit = "s/epoch" if wl.key == "A" else "s/2000 steps"
+    rows = []
+    for name in names:
+        rows.append((name, float(med[name]), float(med[name] / wl.steps * 1e6),
+                     float(med[name] / ref) if ref else "-", paired(name, REF),
+                     float(med[name] / fit) if fit else "-", float(final[name]),
+                     len(times[name])))
+    print(f"\nafter: {loadavg()}; {wl.steps} steps per run; median of the rounds\n")
+    print_table(rows, ["contender", unit, "µs/step", "x JAX scan", "paired x JAX scan",
+                       "x funcnn fit", "final loss", "runs"])
+    if ref and fit:
+        verdict = "MET" if fit / ref <= 1.05 else "NOT MET"
+        peers = [n for n in names if n not in (REF,) and not n.startswith(("funcnn", "diag"))]
+        slowest_ok = min((med[n] / fit for n in peers), default=float("nan"))
+        print(f"\ntargets: funcnn fit / pure JAX scan = {fit / ref:.3f} (target <= 1.05: "
+              f"{verdict}); fastest idiomatic peer / funcnn fit = {slowest_ok:.2f}x "
+              "(target >= 1.35x on CPU)", flush=True)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=["A", "B", "all"], default="all")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="timed rounds; each times one run of every contender (default 3)")
+    ap.add_argument("--scale", action="store_true",
+                    help="bigger sizes (A: 1024 hidden; B: 30000 points, 512 hidden), for GPUs")
+    ap.add_argument("--skip-numpy", action="store_true", help="leave out the numpy contender")
+    ap.add_argument("--numpy-repeat", action="store_true",
+                    help="time numpy in every round of A too (default: once)")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="add rows taking fit apart and print compiled op counts")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated substrings of contender names to keep "
+                         "(pure JAX and funcnn fit always run)")
+    args = ap.parse_args(argv)
+    if args.repeat < 1:
+        ap.error("--repeat must be >= 1")
+
+    start = time.perf_counter()
+    print(env_line())
+    print(f"start: {loadavg()}; command: python benchmarks/bench_fit.py "
+          + " ".join(sys.argv[1:] if argv is None else argv), flush=True)
+    for key in (["A", "B"] if args.workload == "all" else [args.workload]):
+        wl = workload_a(args.scale) if key == "A" else workload_b(args.scale)
+        bench(wl, args)
+    print(f"\ntotal {time.perf_counter() - start:.0f} s; {loadavg()}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
