@@ -1,0 +1,32 @@
+"""The README's example runs as written (so the first screen never rots)."""
+
+import pathlib
+import re
+
+import jax
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+
+
+def test_readme_python_example_runs(capsys):
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert blocks, "README has no python example"
+    scope: dict = {}
+    exec(compile(blocks[0], str(README), "exec"), scope)  # noqa: S102
+    g_auto, g_hand = scope["g_auto"], scope["g_hand"]
+    assert jax.tree.structure(g_auto) == jax.tree.structure(g_hand)
+    for a, b in zip(jax.tree.leaves(g_auto), jax.tree.leaves(g_hand)):
+        scale = float(np.max(np.abs(a)))
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * scale)
+    assert scope["history"]["accuracy"][-1] > 0.8
+    assert "total" in capsys.readouterr().out
+
+
+def test_readme_commands_match_ci():
+    text = README.read_text()
+    assert 'pip install -e ".[test]" && python -m pytest -q tests' in text
+    assert "python -m funcnn" in text
