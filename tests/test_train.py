@@ -189,3 +189,26 @@ def test_loss_turning_nan_stops_and_names_the_step(spiral):
     assert all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(e.state.params))
     assert int(e.state.step) == (e.epoch - 1) * 3 + e.step - 1
     assert len(e.history) == e.epoch - 1
+
+
+def test_device_data_is_checked_once_and_equals_numpy_input(spiral):
+    x, y = spiral
+    model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+    opt = optim.adam(0.01)
+    dd = train.device_data(jnp.asarray(x), jnp.asarray(y), num_classes=3, dtype=F64)
+    a, _ = train.fit(model, SCE, opt, _state(model, opt), x, y, epochs=3, batch_size=16)
+    b, _ = train.fit(model, SCE, opt, _state(model, opt), dd, epochs=3, batch_size=16)
+    for u, v in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    assert train.evaluate(model, SCE, b.params, dd) == train.evaluate(model, SCE, b.params, x, y)
+    with pytest.raises(ValueError, match="num_classes=4"):
+        train.fit(model, SCE, opt, _state(model, opt),
+                  train.device_data(x, y, num_classes=4), epochs=1)
+
+
+def test_device_data_bad_values_on_device():
+    x = jnp.zeros((4, 2)).at[1, 0].set(jnp.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        train.device_data(x, jnp.zeros(4, jnp.int32), num_classes=3)
+    with pytest.raises(ValueError, match=r"\[0, 3\)"):
+        train.device_data(jnp.zeros((4, 2)), jnp.array([0, 1, 5, 2]), num_classes=3)
