@@ -473,6 +473,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     history = History()
     bar = _progress_bar(epochs, progress)
     done = 0
+    first_epoch = int(state.step) // steps  # epochs already run, when resuming
     try:
         while done < epochs:
             k = min(epochs_per_call, epochs - done)
@@ -485,8 +486,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
                      if key not in ("finite", "bad_step")}
             history.append(chunk)
             for i in range(k):
-                epoch = done + i + 1
-                if log_every and (epoch % log_every == 0 or epoch == epochs):
+                epoch = first_epoch + done + i + 1
+                if log_every and (epoch % log_every == 0 or done + i + 1 == epochs):
                     line = _format(epoch, {key: float(v[i]) for key, v in chunk.items()})
                     (bar.write if bar is not None else print)(line)
             done += k
