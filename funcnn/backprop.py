@@ -32,7 +32,11 @@ from funcnn import losses, nn
 Array = jax.Array
 
 __all__ = ["forward", "backward", "grad", "value_and_grad", "LAYER_RULES", "LOSS_RULES",
-           "PENALTY_RULES"]
+           "PENALTY_RULES", "MissingRuleError"]
+
+
+class MissingRuleError(TypeError):
+    """A layer or loss has no hand-derived backward rule here (use ``jax.grad``)."""
 
 
 # --------------------------------------------------------------------------------------
@@ -218,7 +222,7 @@ def backward(layer: nn.Layer, params: Any, tape: Any, dy: Array,
     try:
         rule = LAYER_RULES[layer.kind]
     except KeyError:
-        raise NotImplementedError(
+        raise MissingRuleError(
             f"backprop: no hand-derived backward rule for layer kind {layer.kind!r}; "
             f"known: {sorted(LAYER_RULES)}. Use jax.grad for this model.") from None
     return rule(layer, params, tape, dy, key, train)
@@ -229,7 +233,7 @@ def _loss_rule(loss: Callable) -> Callable:
         return LOSS_RULES[loss]
     except KeyError:
         names = sorted(f.__name__ for f in LOSS_RULES)
-        raise NotImplementedError(
+        raise MissingRuleError(
             f"backprop: no hand-derived rule for loss {getattr(loss, '__name__', loss)!r}; "
             f"known: {names}. Use jax.grad for a custom loss.") from None
 

@@ -269,5 +269,5 @@ def test_registry_every_loss_has_rule_and_test():
 
 def test_custom_loss_without_rule_is_a_clear_error():
     model = nn.serial(nn.dense(2))
-    with pytest.raises(NotImplementedError, match="no hand-derived rule for loss"):
+    with pytest.raises(backprop.MissingRuleError, match="no hand-derived rule for loss"):
         backprop.grad(model, lambda p, y: jnp.sum(p))
