@@ -339,7 +339,7 @@ def test_full_disk_fails_before_training(tmp_path, monkeypatch):
     real_fit = train.fit
     trained = []
     monkeypatch.setattr(train, "fit", lambda *a, **k: trained.append(1) or real_fit(*a, **k))
-    monkeypatch.setattr(experiment.shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 4096))
+    monkeypatch.setattr(experiment.run.shutil, "disk_usage", lambda p: Usage(10**9, 10**9, 4096))
     with pytest.raises(experiment.RunFolderError, match="free") as e:
         run_main(tmp_path)
     assert "--runs-dir" in str(e.value)

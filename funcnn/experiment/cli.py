@@ -1,0 +1,56 @@
+"""The command line: :func:`main` parses flags into a config and runs or checks it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import _check_config_cls, _coerce, _hints, _is_hashed, build_parser, config_hash
+from .execution import _run_folder, execute
+from .repro import check_repro
+from .run import Run
+
+
+def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
+         argv: Sequence[str] | None = None, *, description: str | None = None,
+         checkpoint_every: int = 1, keep: int = 3) -> Any:
+    """Parse flags into a ``config_cls`` instance and run (or resume, or check) it.
+
+    Returns what ``run_fn`` returns, or a :class:`ReproReport` with ``--check-repro``
+    (which is printed; when ``argv`` is None, i.e. a real command line, a mismatch
+    exits with status 1). ``checkpoint_every`` epochs are compiled per call and
+    checkpointed; it is part of the run's identity (hash).
+    """
+    _check_config_cls(config_cls, "main")
+    parser = build_parser(name, config_cls, description)
+    args = vars(parser.parse_args(argv))
+    field_names = {f.name for f in dataclasses.fields(config_cls)}
+    given = {k: v for k, v in args.items() if k in field_names}
+    hints = _hints(config_cls)
+    given = {k: _coerce(hints[k], v) for k, v in given.items()}
+    try:
+        config = config_cls(**given)
+    except (TypeError, ValueError) as e:
+        parser.error(f"bad configuration: {e}")
+    command = [sys.executable, *sys.argv] if argv is None else [name, *argv]
+    if args["check_repro"] is None:
+        return execute(name, config, run_fn, seed=args["seed"], runs_dir=args["runs_dir"],
+                       checkpoint_every=checkpoint_every, keep=keep, restart=args["restart"],
+                       plots=not args["no_plots"], command=command)
+    if args["check_repro"]:
+        run_dir = Path(args["check_repro"])
+        unhashed = {f.name for f in dataclasses.fields(config_cls) if not _is_hashed(f)}
+        overrides = {k: v for k, v in given.items() if k in unhashed}
+    else:
+        run_dir = _run_folder(args["runs_dir"], name,
+                              config_hash(name, config, args["seed"], checkpoint_every))
+        overrides = dict(given)
+    report = check_repro(run_dir, config_cls, run_fn, overrides=overrides,
+                         rtol=args["repro_rtol"], keep=keep, verbose=True)
+    print(report, flush=True)
+    if argv is None and not report.match:
+        raise SystemExit(1)
+    return report

@@ -1,0 +1,168 @@
+"""Executing a run: the run folder's lifecycle around the run function.
+
+:func:`execute` names the folder by the config hash, creates and probe-writes it,
+takes its lock, writes ``config.json`` and ``manifest.json`` (recording how the run
+ended, also on error), calls the run function with a :class:`~.run.Run`, and draws
+``metrics.png``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import re
+import secrets
+import shutil
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from funcnn import train
+
+from .config import _hashed_fields, config_hash, config_to_json
+from .errors import ExperimentError
+from .files import (_clean_tmp, _environment, _lock, _now, _prepare, _read_json, _write_json,
+                    read_metrics)
+from .run import Run
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def _run_folder(runs_dir: str | os.PathLike, name: str, digest: str) -> Path:
+    return Path(runs_dir) / name / digest
+
+
+def _discard(folder: Path) -> None:
+    """``--restart``: remove what earlier attempts trained (config and manifest stay)."""
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    for name in ("metrics.jsonl", "results.json", "diverged_last_finite.npz", "metrics.png"):
+        (folder / name).unlink(missing_ok=True)
+
+
+def _plot(folder: Path) -> None:
+    """``metrics.png``: loss and accuracy per epoch (skipped without matplotlib)."""
+    rows = read_metrics(folder / "metrics.jsonl")
+    if not rows:
+        return
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return
+    fig = Figure(figsize=(9, 3.5), layout="constrained")
+    axes = fig.subplots(1, 2)
+    epochs = [r["epoch"] for r in rows]
+    names = list(dict.fromkeys(k for r in rows for k in r))
+    loss_keys = [k for k in names if k == "loss" or (k.endswith("_loss") and k != "data_loss")]
+    acc_keys = [k for k in names if k.endswith("accuracy")]
+    for ax, keys, title in ((axes[0], loss_keys, "loss"), (axes[1], acc_keys, "accuracy")):
+        for k in keys:
+            vals = [r[k] if isinstance(r.get(k), (int, float)) else np.nan for r in rows]
+            if not np.all(np.isnan(vals)):
+                ax.plot(epochs, vals, marker=".", label=k)
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        if ax.lines:
+            ax.legend()
+    tmp = folder / f".metrics.{secrets.token_hex(4)}.png"
+    try:
+        fig.savefig(tmp, dpi=100)
+        os.replace(tmp, folder / "metrics.png")
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callable[[Run], Any],
+                *, checkpoint_every: int, keep: int, restart: bool, plots: bool,
+                verbose: bool, command: Sequence[str] | None) -> Any:
+    _prepare(folder)
+    with _lock(folder):
+        _clean_tmp(folder)
+        if restart:
+            _discard(folder)
+        run = Run(name, config, seed, folder, checkpoint_every=checkpoint_every, keep=keep,
+                  verbose=verbose)
+        record = {"name": name, "config_hash": run.hash, "seed": run.seed,
+                  "checkpoint_every": checkpoint_every, "config": config_to_json(config),
+                  "hashed_fields": sorted(_hashed_fields(config))}
+        cfg_path = folder / "config.json"
+        if cfg_path.is_file():
+            old = _read_json(cfg_path)
+            if old.get("config_hash") != run.hash:
+                raise ExperimentError(f"{cfg_path} records config hash {old.get('config_hash')!r}"
+                                      f", not {run.hash!r}; this folder belongs to another run")
+        _write_json(cfg_path, record)
+        man_path = folder / "manifest.json"
+        attempts = []
+        if man_path.is_file():
+            old = _read_json(man_path)
+            last = {k: old.get(k) for k in ("started", "ended", "status", "error", "command",
+                                            "resumed_from_epoch", "epochs_done")}
+            if last["status"] == "running":
+                last["status"] = "killed (no end recorded)"
+            attempts = old.get("attempts", []) + [last]
+        manifest = {"name": name, "config_hash": run.hash, "seed": run.seed,
+                    **_environment(),
+                    "command": list(command) if command is not None else [sys.executable,
+                                                                         *sys.argv],
+                    "cwd": os.getcwd(), "started": _now(), "ended": None, "status": "running",
+                    "resumed_from_epoch": None, "attempts": attempts}
+        _write_json(man_path, manifest)
+        if verbose:
+            print(f"{name}: run folder {folder}")
+        t0 = time.perf_counter()
+        try:
+            result = run_fn(run)
+        except BaseException as e:
+            status = ("diverged" if isinstance(e, train.DivergedError) else
+                      "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+            manifest.update(status=status, ended=_now(), error=f"{type(e).__name__}: {e}",
+                            elapsed_s=round(time.perf_counter() - t0, 3),
+                            resumed_from_epoch=run.resumed_from, epochs_done=run.epoch)
+            if run.diverged is not None:
+                manifest["diverged"] = run.diverged
+            with contextlib.suppress(OSError):
+                _write_json(man_path, manifest)
+            raise
+        if plots:
+            try:
+                _plot(folder)
+            except Exception as e:  # a plot is never worth losing a finished run
+                print(f"warning: could not write metrics.png: {e}", file=sys.stderr)
+        manifest.update(status="completed", ended=_now(), error=None,
+                        elapsed_s=round(time.perf_counter() - t0, 3),
+                        resumed_from_epoch=run.resumed_from, epochs_done=run.epoch)
+        _write_json(man_path, manifest)
+        return result
+
+
+def execute(name: str, config: Any, run_fn: Callable[[Run], Any], *, seed: int = 0,
+            runs_dir: str | os.PathLike = "runs", checkpoint_every: int = 1, keep: int = 3,
+            restart: bool = False, plots: bool = True, verbose: bool = True,
+            command: Sequence[str] | None = None) -> Any:
+    """Run (or resume) ``run_fn`` for ``config`` and ``seed``; returns what it returns.
+
+    This is :func:`main` without the command line. The run folder is
+    ``runs_dir/name/config_hash(...)``; it is created and probe-written before
+    ``run_fn`` starts, and ``manifest.json`` records how the run ended, also on error.
+    """
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"experiment name must be letters, digits, '_', '.', '-' (a folder "
+                         f"name); got {name!r}")
+    if not dataclasses.is_dataclass(config) or isinstance(config, type):
+        raise TypeError(f"config must be a dataclass instance, got {config!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a positive int, got {keep!r}")
+    folder = _run_folder(runs_dir, name, config_hash(name, config, seed, checkpoint_every))
+    return _execute_in(folder, name, config, int(seed), run_fn,
+                       checkpoint_every=checkpoint_every, keep=keep, restart=restart,
+                       plots=plots, verbose=verbose, command=command)
