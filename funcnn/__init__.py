@@ -8,10 +8,14 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.losses`: losses and metrics written by hand.
 - :mod:`funcnn.backprop`: the hand-derived backward rule of every layer and loss.
 - :mod:`funcnn.optim`: hand-written optimizers and schedules, optax-shaped.
+- :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
 - :mod:`funcnn.checkpoint`: save and load pytrees without pickle.
+- :mod:`funcnn.experiment`: run folders, manifests, metrics, resume, reproducibility.
+- :mod:`funcnn.book`: the NNFS book's set-ups, reproduced exactly.
 """
 
-from funcnn import backprop, checkpoint, data, losses, nn, optim
+from funcnn import backprop, book, checkpoint, data, experiment, losses, nn, optim, train
 
 __version__ = "0.1.0"
-__all__ = ["data", "nn", "losses", "backprop", "optim", "checkpoint", "__version__"]
+__all__ = ["data", "nn", "losses", "backprop", "optim", "train", "checkpoint", "experiment",
+           "book", "__version__"]
