@@ -621,18 +621,18 @@ def op_counts(lowered) -> str:
 
 def boundary_costs(wl: Workload) -> None:
     """What ``fit`` does on the host per call before the compiled epochs run."""
-    if not hasattr(train, "_device_data"):  # private: may move
-        print("  (train._device_data not found; per-call host costs not timed)")
+    if not hasattr(train, "prepare_data"):
+        print("  (train.prepare_data not found; per-call host costs not timed)")
         return
     model, loss = funcnn_model(wl), losses.softmax_cross_entropy
     params = train.init_state(model, optim.adam(LR), jax.random.key(0),
                               (wl.x.shape[1],)).params
     xd, yd = jnp.asarray(wl.x), jnp.asarray(wl.y)
     parts = {
-        "train._device_data(numpy x, y)":
-            lambda: train._device_data(model, loss, params, wl.x, wl.y),
-        "train._device_data(jax.Array x, y)":
-            lambda: train._device_data(model, loss, params, xd, yd),
+        "train.prepare_data(numpy x, y)":
+            lambda: train.prepare_data(model, loss, params, wl.x, wl.y),
+        "train.prepare_data(jax.Array x, y)":
+            lambda: train.prepare_data(model, loss, params, xd, yd),
         "  data.check_dataset(numpy x, y)":
             lambda: data.check_dataset(wl.x, wl.y, num_classes=wl.classes),
         "  jnp.asarray(numpy x, float32)": lambda: jnp.asarray(wl.x, jnp.float32),

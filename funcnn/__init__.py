@@ -9,13 +9,14 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.backprop`: the hand-derived backward rule of every layer and loss.
 - :mod:`funcnn.optim`: hand-written optimizers and schedules, optax-shaped.
 - :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
+- :mod:`funcnn.sweep`: many configurations trained as one compiled program.
 - :mod:`funcnn.checkpoint`: save and load pytrees without pickle.
 - :mod:`funcnn.experiment`: run folders, manifests, metrics, resume, reproducibility.
 - :mod:`funcnn.book`: the NNFS book's set-ups, reproduced exactly.
 """
 
-from funcnn import backprop, book, checkpoint, data, experiment, losses, nn, optim, train
+from funcnn import backprop, book, checkpoint, data, experiment, losses, nn, optim, sweep, train
 
 __version__ = "0.1.0"
-__all__ = ["data", "nn", "losses", "backprop", "optim", "train", "checkpoint", "experiment",
-           "book", "__version__"]
+__all__ = ["data", "nn", "losses", "backprop", "optim", "train", "sweep", "checkpoint",
+           "experiment", "book", "__version__"]

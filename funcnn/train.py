@@ -40,7 +40,8 @@ from funcnn.data import check_dataset
 Array = jax.Array
 
 __all__ = ["TrainState", "Penalty", "DivergedError", "History", "DeviceData", "init_state",
-           "dense_penalty", "device_data", "train_step", "evaluate", "fit", "ENGINES"]
+           "dense_penalty", "device_data", "prepare_data", "train_step", "evaluate", "fit",
+           "run_epochs", "ENGINES"]
 
 ENGINES = ("backprop", "jax")
 
@@ -194,7 +195,7 @@ _evaluate = jax.jit(_evaluate_arrays, static_argnames=("model", "loss"))
 def evaluate(model: nn.Layer, loss: Callable, params: Any, x: Any,
              y: Any = None) -> dict[str, float]:
     """Loss and accuracy of ``params`` on ``(x, y)`` (no dropout), as Python floats."""
-    x, y = _device_data(model, loss, params, x, y)
+    x, y = prepare_data(model, loss, params, x, y)
     return {k: float(v) for k, v in _evaluate(params, x, y, model=model, loss=loss).items()}
 
 
@@ -210,7 +211,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
 
     Each epoch: a permutation of the examples drawn on device, then ``N // batch_size``
     steps, each gathering its minibatch from the permutation. Returns per-epoch metrics
-    (arrays of length ``epochs``). With ``guard=True`` a step whose loss or new weights
+    (arrays of length ``epochs``; ``data_loss`` only with a penalty, as without one it
+    equals ``loss``). With ``guard=True`` a step whose loss or new weights
     are not finite is rejected, and so are all steps after it: the state returned is the
     last finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
     """
@@ -244,7 +246,7 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
             return (new, bad_step), m
 
         (state, bad_step), m = jax.lax.scan(step, (state, bad_step), jnp.arange(steps))
-        out = {k: jnp.mean(v) for k, v in m.items()}
+        out = {k: jnp.mean(v) for k, v in m.items() if k != "data_loss" or penalty is not None}
         out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
         lr = optim.learning_rate(update, state.opt_state)
         out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
@@ -298,6 +300,8 @@ class History:
         return len(self.metrics.get("loss", ()))
 
     def append(self, chunk: dict[str, np.ndarray]) -> None:
+        if "data_loss" not in chunk:  # no penalty: the data loss is the loss
+            chunk = {**chunk, "data_loss": chunk["loss"]}
         for k, v in chunk.items():
             self.metrics[k] = np.concatenate([self.metrics.get(k, np.zeros((0,), v.dtype)), v])
 
@@ -370,8 +374,13 @@ def device_data(x: Any, y: Any, *, num_classes: int | None = None,
     return DeviceData(xd, yd, num_classes)
 
 
-def _device_data(model, loss, params, x, y) -> tuple[Array, Array]:
-    """Checks a data set at the boundary (once) and returns it on the device."""
+def prepare_data(model: nn.Layer, loss: Callable, params: Any, x: Any,
+                 y: Any = None) -> tuple[Array, Array]:
+    """Checks a data set at the boundary and returns it on the device, as ``fit`` does.
+
+    ``x`` may be a :class:`DeviceData` (then ``y`` is None): only its class count is
+    checked against the model. Inputs take the parameters' float dtype.
+    """
     dtype = jax.tree.leaves(params)[0].dtype
     if isinstance(x, DeviceData):
         if y is not None:
@@ -406,7 +415,7 @@ def _progress_bar(total: int, enabled: bool | None):
 
 def _format(epoch: int, m: dict[str, float]) -> str:
     line = f"epoch: {epoch}, acc: {m['accuracy']:.3f}, loss: {m['loss']:.3f}"
-    if m["loss"] != m["data_loss"]:
+    if "data_loss" in m:
         line += f" (data_loss: {m['data_loss']:.3f}, reg_loss: {m['loss'] - m['data_loss']:.3f})"
     line += f", lr: {m['learning_rate']:.6g}"
     if "val_loss" in m:
@@ -451,7 +460,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
                         f"{type(state).__name__}")
     if not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
-    xd, yd = _device_data(model, loss, state.params, x, y)
+    xd, yd = prepare_data(model, loss, state.params, x, y)
     n = xd.shape[0]
     batch_size = n if batch_size is None else batch_size
     if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
@@ -460,9 +469,9 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     batch_size = int(batch_size)
     val = None
     if validation_data is not None:
-        val = _device_data(model, loss, state.params, *validation_data) \
+        val = prepare_data(model, loss, state.params, *validation_data) \
             if not isinstance(validation_data, DeviceData) else \
-            _device_data(model, loss, state.params, validation_data, None)
+            prepare_data(model, loss, state.params, validation_data, None)
     if penalty is not None:
         penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
     steps = n // batch_size
