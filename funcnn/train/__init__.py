@@ -1,0 +1,41 @@
+"""Training: an immutable train state, a pure train step, evaluate, and fit.
+
+The loop, in the words of the NNFS book: forward pass, loss, backward pass, optimizer
+step, repeated over minibatches and epochs. Here each piece is a pure function::
+
+    state = train.init_state(model, opt, jax.random.key(0), (2,))
+    state, history = train.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
+                               epochs=10, batch_size=128)
+
+Speed: ``fit`` compiles whole epochs, an on-device shuffle plus every minibatch step,
+into one ``lax.scan``, and for tiny epochs (full-batch spiral data) several epochs
+into one call, so Python runs once per chunk of work rather than once per step.
+
+Gradients come from the hand-derived :mod:`funcnn.backprop` (``engine="backprop"``,
+the default) or from ``jax.grad`` (``engine="jax"``); both follow the same
+trajectory to float tolerance, which the tests check.
+
+Randomness: ``state.key`` is fixed for the run; the dropout key of step ``s`` is
+``fold_in(fold_in(key, 0), s)`` and the shuffle of epoch ``e`` uses
+``fold_in(fold_in(key, 1), e)``. So a run resumed from a checkpoint draws exactly
+what the uninterrupted run would have drawn.
+
+Layout: ``state`` (TrainState, Penalty, init_state), ``inputs`` (DeviceData,
+device_data, prepare_data), ``step`` (train_step, its gradient engines, evaluate)
+and ``loop`` (run_epochs, History, DivergedError, fit); each imports only those
+before it.
+"""
+
+from funcnn.train.inputs import DeviceData, device_data, prepare_data
+from funcnn.train.loop import DivergedError, History, fit, run_epochs
+from funcnn.train.state import Penalty, TrainState, dense_penalty, init_state
+from funcnn.train.step import ENGINES, evaluate, train_step
+
+# Private, but used by the tests and benchmarks: the jitted run_epochs (its compile
+# cache) and the jitted evaluation.
+from funcnn.train.loop import _run_epochs  # noqa: F401, E402
+from funcnn.train.step import _evaluate  # noqa: F401, E402
+
+__all__ = ["TrainState", "Penalty", "DivergedError", "History", "DeviceData", "init_state",
+           "dense_penalty", "device_data", "prepare_data", "train_step", "evaluate", "fit",
+           "run_epochs", "ENGINES"]

@@ -1,0 +1,262 @@
+"""Compiled epochs (``run_epochs``), the training history, and ``fit``."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from funcnn import nn, optim
+from funcnn.train.inputs import DeviceData, prepare_data
+from funcnn.train.state import Penalty, TrainState
+from funcnn.train.step import ENGINES, _evaluate_arrays, train_step
+
+Array = jax.Array
+
+
+# --------------------------------------------------------------------------------------
+# Compiled epochs
+# --------------------------------------------------------------------------------------
+
+def _all_finite(tree: Any) -> Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
+               val: tuple[Array, Array] | None, *, model: nn.Layer, loss: Callable,
+               update: Callable, engine: str, batch_size: int, shuffle: bool,
+               epochs: int, guard: bool = False) -> tuple[TrainState, dict[str, Array]]:
+    """``epochs`` epochs as one nested ``lax.scan`` (pure; ``fit`` jits it).
+
+    Each epoch: a permutation of the examples drawn on device, then ``N // batch_size``
+    steps, each gathering its minibatch from the permutation. Returns per-epoch metrics
+    (arrays of length ``epochs``; ``data_loss`` only with a penalty, as without one it
+    equals ``loss``). With ``guard=True`` a step whose loss or new weights
+    are not finite is rejected, and so are all steps after it: the state returned is the
+    last finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
+    """
+    n = x.shape[0]
+    steps = n // batch_size
+    full_batch = steps == 1 and batch_size == n
+
+    def epoch(carry, _):
+        state, bad_step = carry
+        e = state.step // steps
+        if full_batch:
+            perm = None
+        elif shuffle:
+            perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(state.key, 1), e), n)
+        else:
+            perm = jnp.arange(n)
+
+        def step(carry, i):
+            state, bad_step = carry
+            if perm is None:
+                xb, yb = x, y
+            else:
+                idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
+                xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
+            new, m = train_step(state, xb, yb, model=model, loss=loss, update=update,
+                                engine=engine, penalty=penalty)
+            if guard:
+                ok = (bad_step < 0) & jnp.isfinite(m["loss"]) & _all_finite(new.params)
+                bad_step = jnp.where(ok | (bad_step >= 0), bad_step, state.step)
+                new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
+            return (new, bad_step), m
+
+        (state, bad_step), m = jax.lax.scan(step, (state, bad_step), jnp.arange(steps))
+        out = {k: jnp.mean(v) for k, v in m.items() if k != "data_loss" or penalty is not None}
+        out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
+        lr = optim.learning_rate(update, state.opt_state)
+        out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
+        if val is not None:
+            v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss)
+            out["val_loss"], out["val_accuracy"] = v["loss"], v["accuracy"]
+        return (state, bad_step), out
+
+    (state, bad_step), metrics = jax.lax.scan(epoch, (state, jnp.array(-1, jnp.int32)), None,
+                                              length=epochs)
+    metrics["bad_step"] = bad_step
+    # A non-finite weight after epoch k makes epoch k+1's loss non-finite, so only the
+    # last epoch's weights need their own check.
+    metrics["finite"] = metrics["finite"].at[-1].set(
+        metrics["finite"][-1] & _all_finite(state.params))
+    return state, metrics
+
+
+_run_epochs = jax.jit(run_epochs, static_argnames=(
+    "model", "loss", "update", "engine", "batch_size", "shuffle", "epochs", "guard"))
+
+
+# --------------------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------------------
+
+class DivergedError(FloatingPointError):
+    """The loss or the weights stopped being finite during training.
+
+    ``state`` is the last state whose loss and weights were finite, ``history`` the
+    metrics of the epochs completed before, ``epoch`` and ``step`` where it happened.
+    """
+
+    def __init__(self, message: str, *, state: TrainState, history: History, epoch: int,
+                 step: int):
+        super().__init__(message)
+        self.state, self.history, self.epoch, self.step = state, history, epoch, step
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch metrics as numpy arrays: ``loss``, ``data_loss``, ``accuracy``,
+    ``learning_rate`` and, with validation data, ``val_loss`` and ``val_accuracy``."""
+
+    metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        return self.metrics[name]
+
+    def __len__(self) -> int:
+        return len(self.metrics.get("loss", ()))
+
+    def append(self, chunk: dict[str, np.ndarray]) -> None:
+        if "data_loss" not in chunk:  # no penalty: the data loss is the loss
+            chunk = {**chunk, "data_loss": chunk["loss"]}
+        for k, v in chunk.items():
+            self.metrics[k] = np.concatenate([self.metrics.get(k, np.zeros((0,), v.dtype)), v])
+
+    def last(self) -> dict[str, float]:
+        """The final epoch's metrics."""
+        return {k: float(v[-1]) for k, v in self.metrics.items()}
+
+
+def _progress_bar(total: int, enabled: bool | None):
+    if enabled is False or (enabled is None and not sys.stderr.isatty()):
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="epoch", leave=False)
+
+
+def _format(epoch: int, m: dict[str, float]) -> str:
+    line = f"epoch: {epoch}, acc: {m['accuracy']:.3f}, loss: {m['loss']:.3f}"
+    if "data_loss" in m:
+        line += f" (data_loss: {m['data_loss']:.3f}, reg_loss: {m['loss'] - m['data_loss']:.3f})"
+    line += f", lr: {m['learning_rate']:.6g}"
+    if "val_loss" in m:
+        line += f", val_acc: {m['val_accuracy']:.3f}, val_loss: {m['val_loss']:.3f}"
+    return line
+
+
+def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: TrainState,
+        x: Any, y: Any = None, *, epochs: int, batch_size: int | None = None,
+        validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
+        penalty: Penalty | None = None, shuffle: bool = True, log_every: int | None = None,
+        progress: bool | None = None, epochs_per_call: int | None = None,
+        on_chunk: Callable[[TrainState, History], None] | None = None,
+        ) -> tuple[TrainState, History]:
+    """Trains for ``epochs`` epochs of minibatches; returns the final state and history.
+
+    Args:
+      model, loss, optimizer: what to train, on what objective, with what rule.
+      state: from :func:`init_state` (or a loaded checkpoint).
+      x, y: the training set, batch-first; checked for matching lengths, NaN/inf and
+        labels within the model's classes before anything runs. For many calls on the
+        same data pass ``x=train.device_data(x, y, ...)`` and ``y=None``: checked once.
+      epochs: passes over the data. ``batch_size``: examples per step (default: the
+        whole set); the last ``N % batch_size`` examples of each shuffled epoch are
+        left out, a different few each epoch.
+      validation_data: ``(x_val, y_val)`` evaluated after every epoch.
+      engine: ``"backprop"`` (hand-derived rules) or ``"jax"`` (``jax.grad``).
+      penalty: optional :class:`Penalty` (L1/L2 on the weights).
+      log_every: print an NNFS-style line every this many epochs.
+      progress: a tqdm progress bar (default: only on a terminal, if tqdm is installed).
+      epochs_per_call: epochs compiled into one call (default: enough for ~2048 steps).
+      on_chunk: called with ``(state, history)`` after each compiled call (checkpoints).
+
+    Raises:
+      DivergedError: the loss or weights became NaN/inf; it names the epoch and step and
+        carries the last finite state.
+    """
+    if engine not in ENGINES:
+        raise ValueError(f"fit: engine must be one of {ENGINES}; got {engine!r}")
+    if not isinstance(state, TrainState):
+        raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
+                        f"{type(state).__name__}")
+    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
+    xd, yd = prepare_data(model, loss, state.params, x, y)
+    n = xd.shape[0]
+    batch_size = n if batch_size is None else batch_size
+    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+        raise ValueError(f"fit: batch_size must be an int in [1, {n}] (the number of "
+                         f"examples); got {batch_size!r}")
+    batch_size = int(batch_size)
+    val = None
+    if validation_data is not None:
+        val = prepare_data(model, loss, state.params, *validation_data) \
+            if not isinstance(validation_data, DeviceData) else \
+            prepare_data(model, loss, state.params, validation_data, None)
+    if penalty is not None:
+        penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
+    steps = n // batch_size
+    if epochs_per_call is None:
+        epochs_per_call = max(1, min(epochs, math.ceil(2048 / steps)))
+    config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
+                  batch_size=batch_size, shuffle=shuffle)
+    history = History()
+    bar = _progress_bar(epochs, progress)
+    done = 0
+    first_epoch = int(state.step) // steps  # epochs already run, when resuming
+    try:
+        while done < epochs:
+            k = min(epochs_per_call, epochs - done)
+            new, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, **config)
+            m = jax.device_get(m)
+            if not np.all(m["finite"]):
+                _diverged(state, xd, yd, penalty, val, k, done, steps, history, config)
+            state = new
+            chunk = {key: np.asarray(v) for key, v in m.items()
+                     if key not in ("finite", "bad_step")}
+            history.append(chunk)
+            for i in range(k):
+                epoch = first_epoch + done + i + 1
+                if log_every and (epoch % log_every == 0 or done + i + 1 == epochs):
+                    line = _format(epoch, {key: float(v[i]) for key, v in chunk.items()})
+                    (bar.write if bar is not None else print)(line)
+            done += k
+            if bar is not None:
+                bar.update(k)
+                bar.set_postfix(loss=f"{chunk['loss'][-1]:.4f}",
+                                acc=f"{chunk['accuracy'][-1]:.3f}")
+            if on_chunk is not None:
+                on_chunk(state, history)
+    finally:
+        if bar is not None:
+            bar.close()
+    return state, history
+
+
+def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config):
+    """Reruns a chunk that went non-finite with the guard on, and raises."""
+    last_good, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, guard=True, **config)
+    bad = int(m["bad_step"])
+    if bad < 0:  # the last update of the chunk made the weights non-finite
+        bad = int(last_good.step)
+    epoch, step = bad // steps + 1, bad % steps + 1
+    good_epochs = int(last_good.step) // steps - done
+    history.append({key: np.asarray(v)[:good_epochs] for key, v in jax.device_get(m).items()
+                    if key not in ("finite", "bad_step")})
+    raise DivergedError(
+        f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, step "
+        f"{step} (update {bad + 1} of the run). The returned state (error.state) is the "
+        "last finite one. Try a smaller learning rate, gradient clipping "
+        "(optim.clip_by_global_norm), or check the data for extreme values.",
+        state=last_good, history=history, epoch=epoch, step=step)

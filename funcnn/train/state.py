@@ -1,0 +1,86 @@
+"""The train state, weight penalties, and a fresh state from a model and optimizer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcnn import backprop, losses, nn, optim
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainState:
+    """Everything a run needs to continue: weights, optimizer state, step, key.
+
+    ``step`` counts the optimizer updates applied so far; ``key`` is the run's PRNG key
+    (fixed; per-step keys are derived from it and ``step``).
+    """
+
+    params: Any
+    opt_state: Any
+    step: Array
+    key: Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+    """L1 and L2 penalties on the weights (NNFS chapter 14), added to the loss.
+
+    ``l1`` and ``l2`` are coefficient pytrees that are *prefixes* of the parameters: a
+    single number applies to every weight and bias; a tree such as
+    ``(nn.Dense(w=5e-4, b=5e-4), nn.NoParams(), nn.Dense(w=0.0, b=0.0))`` sets each
+    layer's own coefficients. The penalty is ``sum l1 * |w| + l2 * w^2``. Coefficients
+    are arrays at run time, so sweeping them does not recompile.
+    """
+
+    l1: Any = 0.0
+    l2: Any = 0.0
+
+    def value(self, params: Any) -> Array:
+        """``sum_layers l1 * sum|w| + l2 * sum w^2``."""
+        parts = jax.tree.leaves((
+            jax.tree.map(lambda c, sub: c * losses.l1(sub), self.l1, params),
+            jax.tree.map(lambda c, sub: c * losses.l2(sub), self.l2, params)))
+        return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
+
+    def grad(self, params: Any) -> Any:
+        """Hand rule: ``l1 * sign(w) + 2 * l2 * w`` (see ``backprop.PENALTY_RULES``)."""
+        d1 = jax.tree.map(lambda c, sub: jax.tree.map(
+            lambda g: c * g, backprop.PENALTY_RULES[losses.l1](sub)), self.l1, params)
+        d2 = jax.tree.map(lambda c, sub: jax.tree.map(
+            lambda g: c * g, backprop.PENALTY_RULES[losses.l2](sub)), self.l2, params)
+        return jax.tree.map(lambda a, b: a + b, d1, d2)
+
+
+jax.tree_util.register_dataclass(TrainState, data_fields=["params", "opt_state", "step", "key"],
+                                 meta_fields=[])
+jax.tree_util.register_dataclass(Penalty, data_fields=["l1", "l2"], meta_fields=[])
+
+
+def dense_penalty(params: Any, *, weight_l1: float = 0.0, weight_l2: float = 0.0,
+                  bias_l1: float = 0.0, bias_l2: float = 0.0) -> Penalty:
+    """The same NNFS-style penalty on every dense layer (weights and biases apart).
+
+    For per-layer values build :class:`Penalty` trees by hand, or use this on a slice.
+    """
+    def coeffs(w, b):
+        return jax.tree.map(lambda node: nn.Dense(w=w, b=b) if isinstance(node, nn.Dense)
+                            else jax.tree.map(lambda _: 0.0, node),
+                            params, is_leaf=lambda node: isinstance(node, nn.Dense))
+    return Penalty(l1=coeffs(weight_l1, bias_l1), l2=coeffs(weight_l2, bias_l2))
+
+
+def init_state(model: nn.Layer, optimizer: optim.Optimizer, key: Array,
+               input_shape: tuple[int, ...], *, dtype: Any = jnp.float32,
+               params: Any = None) -> TrainState:
+    """A fresh train state: weights from ``model.init`` (or ``params`` given) and the
+    optimizer's state. ``key`` is split into an init key and the run's key."""
+    k_init, k_run = jax.random.split(key)
+    if params is None:
+        params = model.init(k_init, input_shape, dtype)
+    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), k_run)
