@@ -34,7 +34,6 @@ import json
 import operator
 import os
 import re
-import secrets
 import zipfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -42,6 +41,8 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from funcnn._atomic import atomic_write
 
 FORMAT = "funcnn.checkpoint"
 VERSION = 1
@@ -193,36 +194,9 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
               "leaves": entries, "metadata": metadata}
     header["checksum"] = _header_checksum(header)
 
-    tmp = folder / f".{target.name}.{secrets.token_hex(6)}.tmp"
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    except OSError as e:
-        raise type(e)(f"cannot create a file in checkpoint folder {folder}: {e.strerror or e}") from e
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_zip(f, entries, arrays, header)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_folder(folder)
+    with atomic_write(target, what="checkpoint folder") as f:
+        _write_zip(f, entries, arrays, header)
     return target
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable (POSIX); best effort where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- loading
