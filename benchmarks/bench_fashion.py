@@ -6,13 +6,11 @@ Both train the chapter-19 model (Dense(784,128) ReLU Dense(128,128) ReLU Dense(1
 softmax cross-entropy, Adam lr 0.001 decay 1e-3 eps 1e-7, batches of 128, the test set
 evaluated after every epoch as the book's ``Model.train`` does), on the same data:
 
-* ``numpy (NNFS)``: a faithful re-implementation of the book's classes
-  (``Layer_Dense``, ``Activation_ReLU``, ``Activation_Softmax``,
-  ``Loss_CategoricalCrossentropy`` with the fused softmax-CE backward,
-  ``Optimizer_Adam`` with its ``pre_update_params / update_params /
-  post_update_params`` loop), object by object, step by step, as the book writes
-  them: float64 weights (``0.01 * np.random.randn``), float32 inputs, the loss and
-  accuracy of every batch computed as the book accumulates them.
+* ``numpy (NNFS)``: the book's classes (``_nnfs_numpy.py``: dense layer, ReLU,
+  softmax + categorical cross-entropy with the fused backward, Adam with its
+  ``pre_update_params / update_params / post_update_params`` loop) in the book's
+  chapter-19 ``Model`` loop, step by step: float64 weights (``0.01 * randn``),
+  float32 inputs, the loss and accuracy of every batch accumulated as the book does.
 * ``funcnn``: ``train.fit`` with the same model, the hand-derived backprop and
   ``optim.adam(..., convention="nnfs")``, float32, one compiled call per epoch.
 
@@ -32,11 +30,12 @@ import statistics
 import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _timing
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _timing, _nnfs_numpy
 
 import jax
 import numpy as np
 
+from _nnfs_numpy import ActivationReLU, ActivationSoftmaxLossCCE, LayerDense, OptimizerAdam
 from funcnn import data, losses, nn, optim, train
 
 try:
@@ -46,160 +45,63 @@ except ImportError:  # the helper is optional
     print_table = None
 
 
-# ------------------------------------------------------------------ the book's numpy code
-# Re-written from NNFS chapters 9-19, keeping the book's structure and arithmetic.
-
-class LayerDense:
-    def __init__(self, n_inputs, n_neurons, rng):
-        self.weights = 0.01 * rng.standard_normal((n_inputs, n_neurons))
-        self.biases = np.zeros((1, n_neurons))
-
-    def forward(self, inputs):
-        self.inputs = inputs
-        self.output = np.dot(inputs, self.weights) + self.biases
-
-    def backward(self, dvalues):
-        self.dweights = np.dot(self.inputs.T, dvalues)
-        self.dbiases = np.sum(dvalues, axis=0, keepdims=True)
-        self.dinputs = np.dot(dvalues, self.weights.T)
-
-
-class ActivationReLU:
-    def forward(self, inputs):
-        self.inputs = inputs
-        self.output = np.maximum(0, inputs)
-
-    def backward(self, dvalues):
-        self.dinputs = dvalues.copy()
-        self.dinputs[self.inputs <= 0] = 0
-
-
-class ActivationSoftmax:
-    def forward(self, inputs):
-        exp_values = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
-        self.output = exp_values / np.sum(exp_values, axis=1, keepdims=True)
-
-    def predictions(self, outputs):
-        return np.argmax(outputs, axis=1)
-
-
-class LossCategoricalCrossentropy:
-    def calculate(self, output, y):
-        clipped = np.clip(output, 1e-7, 1 - 1e-7)
-        sample_losses = -np.log(clipped[range(len(output)), y])
-        self.accumulated_sum += np.sum(sample_losses)
-        self.accumulated_count += len(sample_losses)
-        return np.mean(sample_losses)
-
-    def new_pass(self):
-        self.accumulated_sum = 0
-        self.accumulated_count = 0
-
-    def calculate_accumulated(self):
-        return self.accumulated_sum / self.accumulated_count
-
-
-class SoftmaxCrossentropyBackward:
-    """The book's ``Activation_Softmax_Loss_CategoricalCrossentropy.backward``."""
-
-    def backward(self, dvalues, y_true):
-        samples = len(dvalues)
-        self.dinputs = dvalues.copy()
-        self.dinputs[range(samples), y_true] -= 1
-        self.dinputs = self.dinputs / samples
-
-
-class OptimizerAdam:
-    def __init__(self, learning_rate=0.001, decay=0.0, epsilon=1e-7, beta_1=0.9, beta_2=0.999):
-        self.learning_rate = learning_rate
-        self.current_learning_rate = learning_rate
-        self.decay, self.iterations = decay, 0
-        self.epsilon, self.beta_1, self.beta_2 = epsilon, beta_1, beta_2
-
-    def pre_update_params(self):
-        if self.decay:
-            self.current_learning_rate = self.learning_rate * (
-                1.0 / (1.0 + self.decay * self.iterations))
-
-    def update_params(self, layer):
-        if not hasattr(layer, "weight_cache"):  # the book's lazy slot creation
-            layer.weight_momentums = np.zeros_like(layer.weights)
-            layer.weight_cache = np.zeros_like(layer.weights)
-            layer.bias_momentums = np.zeros_like(layer.biases)
-            layer.bias_cache = np.zeros_like(layer.biases)
-        b1, b2, t = self.beta_1, self.beta_2, self.iterations + 1
-        layer.weight_momentums = b1 * layer.weight_momentums + (1 - b1) * layer.dweights
-        layer.bias_momentums = b1 * layer.bias_momentums + (1 - b1) * layer.dbiases
-        weight_momentums_corrected = layer.weight_momentums / (1 - b1 ** t)
-        bias_momentums_corrected = layer.bias_momentums / (1 - b1 ** t)
-        layer.weight_cache = b2 * layer.weight_cache + (1 - b2) * layer.dweights ** 2
-        layer.bias_cache = b2 * layer.bias_cache + (1 - b2) * layer.dbiases ** 2
-        weight_cache_corrected = layer.weight_cache / (1 - b2 ** t)
-        bias_cache_corrected = layer.bias_cache / (1 - b2 ** t)
-        layer.weights += -self.current_learning_rate * weight_momentums_corrected / (
-            np.sqrt(weight_cache_corrected) + self.epsilon)
-        layer.biases += -self.current_learning_rate * bias_momentums_corrected / (
-            np.sqrt(bias_cache_corrected) + self.epsilon)
-
-    def post_update_params(self):
-        self.iterations += 1
-
+# ------------------------------------------------------------------ the book's chapter-19 model
 
 class NumpyModel:
     """The chapter-19 ``Model``: forward, loss, accuracy, backward, update per batch."""
 
     def __init__(self, seed=0):
         rng = np.random.default_rng(seed)
-        self.dense = [LayerDense(784, 128, rng), LayerDense(128, 128, rng),
-                      LayerDense(128, 10, rng)]
+        self.dense = [LayerDense(0.01 * rng.standard_normal((n_in, n_out)), np.zeros(n_out))
+                      for n_in, n_out in [(784, 128), (128, 128), (128, 10)]]
         self.relus = [ActivationReLU(), ActivationReLU()]
-        self.softmax = ActivationSoftmax()
-        self.loss = LossCategoricalCrossentropy()
-        self.fused = SoftmaxCrossentropyBackward()
-        self.optimizer = OptimizerAdam(learning_rate=0.001, decay=1e-3)
+        self.softmax_loss = ActivationSoftmaxLossCCE()
+        self.optimizer = OptimizerAdam(learning_rate=0.001, decay=1e-3, epsilon=1e-7)
 
-    def forward(self, X):
+    def forward(self, X, y):
+        """Probabilities and mean loss of a batch."""
         d1, d2, d3 = self.dense
         d1.forward(X)
         self.relus[0].forward(d1.output)
         d2.forward(self.relus[0].output)
         self.relus[1].forward(d2.output)
         d3.forward(self.relus[1].output)
-        self.softmax.forward(d3.output)
-        return self.softmax.output
+        loss = self.softmax_loss.forward(d3.output, y)
+        return self.softmax_loss.output, loss
 
     def backward(self, output, y):
         d1, d2, d3 = self.dense
-        self.fused.backward(output, y)
-        d3.backward(self.fused.dinputs)
+        self.softmax_loss.backward(output, y)
+        d3.backward(self.softmax_loss.dinputs)
         self.relus[1].backward(d3.dinputs)
         d2.backward(self.relus[1].dinputs)
         self.relus[0].backward(d2.dinputs)
         d1.backward(self.relus[0].dinputs)
 
     def train_epoch(self, X, y, batch_size):
+        """One pass over the batches in order; the epoch's mean loss and accuracy."""
         steps = len(X) // batch_size + (len(X) % batch_size != 0)  # the book keeps the tail
-        self.loss.new_pass()
-        correct = 0
+        loss_sum, correct = 0.0, 0  # the book's accumulated loss and accuracy
         for step in range(steps):
             batch_X = X[step * batch_size:(step + 1) * batch_size]
             batch_y = y[step * batch_size:(step + 1) * batch_size]
-            output = self.forward(batch_X)
-            self.loss.calculate(output, batch_y)
-            correct += np.sum(self.softmax.predictions(output) == batch_y)
+            output, loss = self.forward(batch_X, batch_y)
+            loss_sum += loss * len(batch_y)
+            correct += np.sum(np.argmax(output, axis=1) == batch_y)
             self.backward(output, batch_y)
             self.optimizer.pre_update_params()
             for layer in self.dense:
                 self.optimizer.update_params(layer)
             self.optimizer.post_update_params()
-        return self.loss.calculate_accumulated(), correct / len(X)
+        return loss_sum / len(X), correct / len(X)
 
     def evaluate(self, X, y, batch_size):
+        """Validation accuracy, batch by batch (the loss is computed, as in the book, unused)."""
         correct = 0
         for step in range(len(X) // batch_size + (len(X) % batch_size != 0)):
-            output = self.forward(X[step * batch_size:(step + 1) * batch_size])
-            correct += np.sum(self.softmax.predictions(output) ==
-                              y[step * batch_size:(step + 1) * batch_size])
+            batch_y = y[step * batch_size:(step + 1) * batch_size]
+            output, _ = self.forward(X[step * batch_size:(step + 1) * batch_size], batch_y)
+            correct += np.sum(np.argmax(output, axis=1) == batch_y)
         return correct / len(X)
 
 

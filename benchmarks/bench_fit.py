@@ -26,8 +26,8 @@ Contenders, each written the way its own documentation teaches:
   Python; ``Flax NNX``: ``nnx.Optimizer`` + ``nnx.jit``; ``Equinox``:
   ``eqx.filter_jit`` step; ``Haiku``: ``hk.transform`` + ``jax.jit``; all with optax.
   ``stax``: ``jax.example_libraries.stax`` + ``optimizers.adam``.
-* ``numpy (NNFS)``: the book's Layer_Dense / ReLU / softmax-CE / Adam classes, batch
-  loop in Python.
+* ``numpy (NNFS)``: the book's Layer_Dense / ReLU / softmax-CE / Adam classes
+  (``_nnfs_numpy.py``, with optax's eps 1e-8 and no decay), batch loop in Python.
 
 The Python-loop peers share one host-side batcher (numpy ``permutation`` each epoch,
 fancy-indexed batches, as the Flax and stax MNIST examples do), so every contender pays
@@ -66,12 +66,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _timing
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # for _timing, _nnfs_numpy
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from _nnfs_numpy import ActivationReLU, ActivationSoftmaxLossCCE, LayerDense, OptimizerAdam
 from funcnn import data, losses, nn, optim, train
 
 try:
@@ -452,82 +453,11 @@ def make_stax(wl: Workload) -> Callable:
     return python_loop(wl, step, opt_init(params))
 
 
-class LayerDense:
-    """NNFS chapter 9: ``output = inputs @ weights + biases`` and its backward pass."""
-
-    def __init__(self, weights, biases):
-        self.weights, self.biases = weights.copy(), biases.reshape(1, -1).copy()
-        self.weight_momentums = np.zeros_like(self.weights)
-        self.weight_cache = np.zeros_like(self.weights)
-        self.bias_momentums = np.zeros_like(self.biases)
-        self.bias_cache = np.zeros_like(self.biases)
-
-    def forward(self, inputs):
-        self.inputs = inputs
-        self.output = np.dot(inputs, self.weights) + self.biases
-
-    def backward(self, dvalues):
-        self.dweights = np.dot(self.inputs.T, dvalues)
-        self.dbiases = np.sum(dvalues, axis=0, keepdims=True)
-        self.dinputs = np.dot(dvalues, self.weights.T)
-
-
-class ActivationReLU:
-    def forward(self, inputs):
-        self.inputs = inputs
-        self.output = np.maximum(0, inputs)
-
-    def backward(self, dvalues):
-        self.dinputs = dvalues.copy()
-        self.dinputs[self.inputs <= 0] = 0
-
-
-class ActivationSoftmaxLossCCE:
-    """NNFS chapter 9: softmax and categorical cross-entropy with the fused backward."""
-
-    def forward(self, inputs, y_true):
-        exp_values = np.exp(inputs - np.max(inputs, axis=1, keepdims=True))
-        self.output = exp_values / np.sum(exp_values, axis=1, keepdims=True)
-        clipped = np.clip(self.output, 1e-7, 1 - 1e-7)
-        return np.mean(-np.log(clipped[range(len(clipped)), y_true]))
-
-    def backward(self, dvalues, y_true):
-        samples = len(dvalues)
-        self.dinputs = dvalues.copy()
-        self.dinputs[range(samples), y_true] -= 1
-        self.dinputs = self.dinputs / samples
-
-
-class OptimizerAdam:
-    """NNFS chapter 10 (with optax's eps 1e-8, like every other contender here)."""
-
-    def __init__(self, learning_rate=LR, epsilon=EPS, beta_1=B1, beta_2=B2):
-        self.learning_rate, self.epsilon = learning_rate, epsilon
-        self.beta_1, self.beta_2, self.iterations = beta_1, beta_2, 0
-
-    def update_params(self, layer):
-        b1, b2, t = self.beta_1, self.beta_2, self.iterations + 1
-        layer.weight_momentums = b1 * layer.weight_momentums + (1 - b1) * layer.dweights
-        layer.bias_momentums = b1 * layer.bias_momentums + (1 - b1) * layer.dbiases
-        weight_momentums_corrected = layer.weight_momentums / (1 - b1 ** t)
-        bias_momentums_corrected = layer.bias_momentums / (1 - b1 ** t)
-        layer.weight_cache = b2 * layer.weight_cache + (1 - b2) * layer.dweights ** 2
-        layer.bias_cache = b2 * layer.bias_cache + (1 - b2) * layer.dbiases ** 2
-        weight_cache_corrected = layer.weight_cache / (1 - b2 ** t)
-        bias_cache_corrected = layer.bias_cache / (1 - b2 ** t)
-        layer.weights += -self.learning_rate * weight_momentums_corrected / (
-            np.sqrt(weight_cache_corrected) + self.epsilon)
-        layer.biases += -self.learning_rate * bias_momentums_corrected / (
-            np.sqrt(bias_cache_corrected) + self.epsilon)
-
-    def post_update_params(self):
-        self.iterations += 1
-
-
 def make_numpy(wl: Workload, max_steps: int | None = None) -> Callable:
     (w1, b1), (w2, b2) = shared_init(wl, funcnn_model(wl))
     dense1, activation1, dense2 = LayerDense(w1, b1), ActivationReLU(), LayerDense(w2, b2)
-    loss_activation, optimizer = ActivationSoftmaxLossCCE(), OptimizerAdam()
+    loss_activation = ActivationSoftmaxLossCCE()
+    optimizer = OptimizerAdam(LR, epsilon=EPS, beta_1=B1, beta_2=B2)  # optax's eps, no decay
     rng = np.random.default_rng(0)
 
     def train_batch(batch_x, batch_y):
@@ -541,6 +471,7 @@ def make_numpy(wl: Workload, max_steps: int | None = None) -> Callable:
         dense2.backward(loss_activation.dinputs)
         activation1.backward(dense2.dinputs)
         dense1.backward(activation1.dinputs)
+        optimizer.pre_update_params()
         optimizer.update_params(dense1)
         optimizer.update_params(dense2)
         optimizer.post_update_params()
