@@ -392,6 +392,18 @@ def latest(directory: str | os.PathLike, pattern: str = "ckpt_*.npz") -> Path | 
     return None if best is None else best[2]
 
 
+def steps(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    """The ``(step, path)`` of every ``ckpt_<digits>.npz`` in ``directory``, newest first
+    (empty when the folder does not exist yet). These are the files :func:`save_step`
+    writes and prunes; nothing else in the folder is listed."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in directory.iterdir()
+             if (m := _STEP_FILE.match(p.name)) and p.is_file()]
+    return sorted(found, reverse=True)
+
+
 def save_step(directory: str | os.PathLike, step: int, tree: Any, *, keep: int | None = 3,
               metadata: dict | None = None) -> Path:
     """Save ``tree`` as ``directory/ckpt_{step:08d}.npz``, then prune old ``ckpt_<digits>.npz``.
@@ -411,8 +423,7 @@ def save_step(directory: str | os.PathLike, step: int, tree: Any, *, keep: int |
         raise ValueError(f"keep must be an int >= 1 or None, got {keep!r}")
     target = save(Path(directory) / f"ckpt_{step:08d}.npz", tree, metadata=metadata)
     if keep is not None:
-        others = [(int(m.group(1)), p) for p in target.parent.iterdir()
-                  if (m := _STEP_FILE.match(p.name)) and p.name != target.name and p.is_file()]
-        for _, old in sorted(others, reverse=True)[keep - 1:]:
+        others = [(n, p) for n, p in steps(target.parent) if p.name != target.name]
+        for _, old in others[keep - 1:]:
             old.unlink(missing_ok=True)
     return target

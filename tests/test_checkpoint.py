@@ -395,3 +395,13 @@ def test_save_step_rejects_bad_arguments(tmp_path, step, keep, exc):
     with pytest.raises(exc):
         ckpt.save_step(tmp_path, step, {}, keep=keep)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_steps_lists_only_step_files_newest_first(tmp_path):
+    assert ckpt.steps(tmp_path / "missing") == []
+    for s in (3, 12, 7):
+        ckpt.save_step(tmp_path, s, {"a": jnp.zeros(2)}, keep=None)
+    (tmp_path / "ckpt_best.npz").write_bytes(b"user file")
+    (tmp_path / ".ckpt_00000099.npz.abc.tmp").write_bytes(b"")
+    assert [s for s, _ in ckpt.steps(tmp_path)] == [12, 7, 3]
+    assert ckpt.steps(tmp_path)[0][1].name == "ckpt_00000012.npz"

@@ -22,7 +22,7 @@ from .config import config_from_json, config_hash
 from .errors import ExperimentError
 from .execution import _execute_in
 from .files import TIMING_KEYS, _read_json, read_metrics
-from .run import Run, _checkpoint_files, _is_key
+from .run import Run, _is_key
 
 
 @dataclasses.dataclass
@@ -85,7 +85,7 @@ def _compare_rows(recorded: list[dict], rerun: list[dict], rtol: float,
 
 def _final_params_equal(a: Path, b: Path) -> bool | None:
     def newest(folder: Path) -> Path | None:
-        found = _checkpoint_files(folder)
+        found = checkpoint.steps(folder)
         return found[0][1] if found else None
 
     pa, pb = newest(a / "checkpoints"), newest(b / "checkpoints")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import re
 import shutil
 import sys
 import time
@@ -30,7 +29,6 @@ from .errors import ExperimentError, RunFolderError
 from .files import (_PROBE_BYTES, _log_value, _metric_value, _probe, _read_json,
                     _result_value, _write_atomic, _write_json, read_metrics)
 
-_CKPT = re.compile(r"^ckpt_(\d+)\.npz$")
 
 
 class Run:
@@ -116,7 +114,7 @@ class Run:
 
     # -- checkpoints -----------------------------------------------------------------------
     def _checkpoints(self) -> list[tuple[int, Path]]:
-        return _checkpoint_files(self.checkpoint_dir)
+        return checkpoint.steps(self.checkpoint_dir)
 
     def latest_checkpoint(self) -> Path | None:
         """The newest checkpoint file, or None."""
@@ -288,15 +286,6 @@ class Run:
                       f"{self.diverged['last_good_checkpoint']}, last finite state {path}]",)
             raise
         return state, self.history()
-
-
-def _checkpoint_files(folder: Path) -> list[tuple[int, Path]]:
-    """The ``(epoch, path)`` of each ``ckpt_<epoch>.npz`` in ``folder``, newest first."""
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := _CKPT.match(p.name)) and p.is_file()]
-    return sorted(found, reverse=True)
 
 
 def _is_key(x: Any) -> bool:
