@@ -4,9 +4,11 @@ Modules, in the order data flows through them:
 
 - :mod:`funcnn.data`: generated sets (spiral, vertical, sine), IDX / MNIST /
   Fashion-MNIST loaders with verified downloads, batching and checks.
-- :mod:`funcnn.nn`: layers as pure ``(init, apply)`` pairs and ``serial``.
-- :mod:`funcnn.losses`: losses and metrics written by hand.
-- :mod:`funcnn.backprop`: the hand-derived backward rule of every layer and loss.
+- :mod:`funcnn.nn`: layers, each carrying ``init``, ``apply`` and its hand backward rule.
+- :mod:`funcnn.metrics`: accuracy, MAE and the rest, reported beside the loss.
+- :mod:`funcnn.losses`: losses written by hand, each with its gradient and metric.
+- :mod:`funcnn.backprop`: the driver that runs those rules (and ``check``, the gradient
+  checker in :mod:`funcnn.gradcheck`; ``as_custom_vjp``, the bridge to ``jax.grad``).
 - :mod:`funcnn.optim`: hand-written optimizers and schedules, optax-shaped.
 - :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
 - :mod:`funcnn.sweep`: many configurations trained as one compiled program.
@@ -15,8 +17,9 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.book`: the NNFS book's set-ups, reproduced exactly.
 """
 
-from funcnn import backprop, book, checkpoint, data, experiment, losses, nn, optim, sweep, train
+from funcnn import (backprop, book, checkpoint, data, experiment, gradcheck, losses, metrics, nn,
+                    optim, sweep, train)
 
 __version__ = "0.1.0"
-__all__ = ["data", "nn", "losses", "backprop", "optim", "train", "sweep", "checkpoint",
-           "experiment", "book", "__version__"]
+__all__ = ["data", "nn", "metrics", "losses", "backprop", "gradcheck", "optim", "train",
+           "sweep", "checkpoint", "experiment", "book", "__version__"]

@@ -1,270 +1,299 @@
-"""Backpropagation by hand: the backward rule of every layer and loss, and a driver.
+"""Backpropagation by hand: the driver that runs the layers' and losses' own rules.
 
 The chain rule, run in reverse. For a network ``y = f_L(... f_2(f_1(x)))`` and a loss
-``L(y, t)``, start with ``dL/dy`` from the loss's rule; each layer, last to first,
+``L(y, t)``, start with ``dL/dy`` from the loss's ``grad``; each layer, last to first,
 turns the gradient of its output ``dy = dL/dy`` into the gradient of its parameters
 ``dL/dparams`` and of its input ``dx = dL/dx``, which is the ``dy`` of the layer below.
 
-Each rule sits in its own small function with its derivation beside it, and is found
-by the layer's ``kind`` (``LAYER_RULES``) or the loss function (``LOSS_RULES``,
-``PENALTY_RULES``). A rule sees the layer's input ``x`` and output ``y`` from the
-forward pass (the "tape"). Nothing here calls JAX's autodiff (``grad``, ``vjp``,
-``jvp``, ``linearize``): the tests prove it, and prove every rule equal to
-``jax.grad`` in float64 and to finite differences.
+The rules themselves live with the layers (:mod:`funcnn.nn`) and losses
+(:mod:`funcnn.losses`), each beside its forward code. This module only drives them:
+
+* :func:`forward` runs a layer and keeps its tape (what its rule needs);
+* :func:`backward` runs its rule on the tape, and checks what the rule returned (the
+  structure, shapes and dtypes of ``params`` and of the input) while tracing, so a
+  wrong rule fails with the layer's name rather than deep inside XLA;
+* :func:`value_and_grad` / :func:`grad` put a model and a loss together;
+* :func:`as_custom_vjp` hands a rule to ``jax.grad`` (Flax, Equinox, plain JAX);
+* :func:`check` verifies a rule three ways (see :mod:`funcnn.gradcheck`).
+
+Engines: ``"backprop"`` runs hand rules only and refuses a layer or loss without one
+(:class:`MissingRuleError`); ``"mixed"`` uses hand rules where they exist and
+``jax.vjp`` of ``apply`` where they do not. Under ``"backprop"`` no autodiff runs at
+all (the tests disable it and train). ``jax.grad`` of the same loss is the third engine,
+``"jax"``, which ``fit`` offers; only ``"mixed"`` and :func:`as_custom_vjp` use autodiff
+here, and only to stand in for a missing rule or to hand a rule to ``jax.grad``.
 
     g = backprop.grad(model, losses.softmax_cross_entropy)(params, x, y)
     # same pytree as jax.grad(lambda p: loss(model.apply(p, x), y))(params)
-
-Everything is plain ``jax.numpy``, so it jit-compiles and runs unchanged on CPU, GPU
-and TPU.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 
-from funcnn import losses, nn
+from funcnn import nn
+from funcnn.losses import Loss
 
 Array = jax.Array
 
-__all__ = ["forward", "backward", "grad", "value_and_grad", "LAYER_RULES", "LOSS_RULES",
-           "PENALTY_RULES", "MissingRuleError"]
+__all__ = ["forward", "backward", "grad", "value_and_grad", "as_custom_vjp", "check",
+           "Tape", "MissingRuleError", "RuleError", "ENGINES", "missing_rules"]
+
+ENGINES = ("backprop", "mixed", "jax")
+_WAYS_OUT = ("give it a hand rule (see 'Your own layer or loss' in the README; verify it "
+             "with backprop.check), or train with engine='mixed' (jax.vjp where a rule is "
+             "missing, hand rules elsewhere) or engine='jax' (jax.grad throughout), e.g. "
+             "train.fit(..., engine='mixed')")
 
 
 class MissingRuleError(TypeError):
-    """A layer or loss has no hand-derived backward rule here (use ``jax.grad``)."""
+    """A layer or loss has no hand-derived rule and the engine is strict."""
 
 
-# --------------------------------------------------------------------------------------
-# Layer rules: (layer, params, tape, dy, key, train) -> (dparams, dx)
-# For a leaf layer the tape is (x, y): its input and its output.
-# --------------------------------------------------------------------------------------
-
-def _dense(layer, params, tape, dy, key, train):
-    # y_nj = sum_i x_ni W_ij + b_j, so
-    #   dL/dW_ij = sum_n x_ni dy_nj   -> dW = x^T dy
-    #   dL/db_j  = sum_n dy_nj        -> db = column sums of dy
-    #   dL/dx_ni = sum_j dy_nj W_ij   -> dx = dy W^T
-    x, _ = tape
-    return nn.Dense(w=x.T @ dy, b=jnp.sum(dy, axis=0)), dy @ params.w.T
+class RuleError(ValueError):
+    """A hand rule returned the wrong structure, shape or dtype."""
 
 
-def _relu(layer, params, tape, dy, key, train):
-    # y = max(0, x): slope 1 where x > 0, 0 elsewhere (0 at x = 0, as NNFS).
-    x, _ = tape
-    return nn.NoParams(), jnp.where(x > 0, dy, 0)
+@dataclasses.dataclass(frozen=True)
+class Tape:
+    """What a layer's forward pass left for its backward pass.
+
+    ``inner`` is the rule's own tape (``(x, y)`` by default; a ``jax.vjp`` function when
+    the mixed engine stood in for a missing rule); the input's shape and dtype are kept
+    to check the rule's ``dx``.
+    """
+
+    inner: Any
+    x_shape: tuple[int, ...]
+    x_dtype: Any
+    by_vjp: bool = False
 
 
-def _leaky_relu(layer, params, tape, dy, key, train):
-    # y = x for x > 0, a x otherwise: slope 1 or a.
-    x, _ = tape
-    a = layer.config["negative_slope"]
-    return nn.NoParams(), jnp.where(x > 0, dy, a * dy)
+jax.tree_util.register_dataclass(Tape, data_fields=["inner"],
+                                 meta_fields=["x_shape", "x_dtype", "by_vjp"])
 
 
-def _sigmoid(layer, params, tape, dy, key, train):
-    # s = 1/(1+e^-x); ds/dx = e^-x/(1+e^-x)^2 = s (1 - s), written with the output s.
-    _, y = tape
-    return nn.NoParams(), dy * y * (1 - y)
+def missing_rules(layer: nn.Layer) -> list[nn.Layer]:
+    """The layers in ``layer``'s tree that have no hand rule (outermost ones)."""
+    if layer.backward_fn is None:
+        return [layer]
+    return [m for c in layer.children for m in missing_rules(c)]
 
 
-def _tanh(layer, params, tape, dy, key, train):
-    # d tanh(x)/dx = 1 - tanh(x)^2 = 1 - y^2.
-    _, y = tape
-    return nn.NoParams(), dy * (1 - y * y)
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """The engine: runs rules (and, if ``mixed``, ``jax.vjp`` for missing ones)."""
+
+    mixed: bool
+
+    def forward(self, layer: nn.Layer, params: Any, x: Array, key: Array | None = None,
+                train: bool = False) -> tuple[Array, Tape]:
+        if layer.backward_fn is None:
+            if not self.mixed:
+                raise MissingRuleError(f"backprop: layer {layer!r} has no hand-derived "
+                                       f"backward rule; {_WAYS_OUT}.")
+            y, vjp = jax.vjp(lambda p, xx: layer.apply_fn(p, xx, key, train), params, x)
+            return y, Tape(vjp, tuple(x.shape), x.dtype, True)
+        if layer.forward_fn is None:
+            y = layer.apply_fn(params, x, key, train)
+            inner = (x, y)
+        elif layer.children:
+            y, inner = layer.forward_fn(params, x, key, train, self)
+        else:
+            y, inner = layer.forward_fn(params, x, key, train)
+        return y, Tape(inner, tuple(x.shape), x.dtype)
+
+    def backward(self, layer: nn.Layer, params: Any, tape: Tape, dy: Array,
+                 key: Array | None = None, train: bool = False) -> tuple[Any, Array]:
+        if not isinstance(tape, Tape):
+            raise TypeError(f"backprop: {layer!r} got a tape of type {type(tape).__name__}; "
+                            "pass the tape that backprop.forward (or run.forward) returned")
+        if tape.by_vjp:
+            return tape.inner(dy)
+        if layer.children:
+            out = layer.backward_fn(params, tape.inner, dy, key, train, self)
+        else:
+            out = layer.backward_fn(params, tape.inner, dy, key, train)
+        return _checked(layer, params, tape, out)
 
 
-def _identity(layer, params, tape, dy, key, train):
-    # y = x: the gradient passes through unchanged.
-    return nn.NoParams(), dy
+def _checked(layer: nn.Layer, params: Any, tape: Tape, out: Any) -> tuple[Any, Array]:
+    """``out`` if it is ``(dparams, dx)`` shaped like ``(params, x)``; else a RuleError."""
+    where = f"backprop: the backward rule of {layer!r}"
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise RuleError(f"{where} must return a pair (dparams, dx); got "
+                        f"{type(out).__name__}")
+    dparams, dx = out
+    want, got = jax.tree.structure(params), jax.tree.structure(dparams)
+    if want != got:
+        raise RuleError(f"{where} returned dparams with structure {got}, but the parameters "
+                        f"have structure {want}; return the same pytree (e.g. nn.Dense(w=..., "
+                        "b=...), or nn.NoParams() for a layer without weights)")
+    for (path, p), g in zip(jax.tree_util.tree_flatten_with_path(params)[0],
+                            jax.tree.leaves(dparams)):
+        _same_aval(where, f"dparams{jax.tree_util.keystr(path)}", g, p.shape, p.dtype)
+    _same_aval(where, "dx", dx, tape.x_shape, tape.x_dtype)
+    return dparams, dx
 
 
-def _softmax(layer, params, tape, dy, key, train):
-    # y_i = e^x_i / sum_k e^x_k has Jacobian dy_i/dx_j = y_i (delta_ij - y_j), so
-    #   dx_j = sum_i dy_i y_i (delta_ij - y_j) = y_j (dy_j - sum_i dy_i y_i).
-    # This is the Jacobian-vector product without building the (C, C) Jacobian that
-    # NNFS builds with np.diagflat per sample.
-    _, y = tape
-    return nn.NoParams(), y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True))
+def _same_aval(where: str, what: str, g: Any, shape: tuple, dtype: Any) -> None:
+    if not hasattr(g, "shape") or not hasattr(g, "dtype"):
+        raise RuleError(f"{where} returned {what} = {g!r}, not an array")
+    if tuple(g.shape) != tuple(shape) or g.dtype != dtype:
+        raise RuleError(f"{where} returned {what} of shape {tuple(g.shape)} and dtype "
+                        f"{g.dtype}; it must match the {'input' if what == 'dx' else 'parameter'}"
+                        f": shape {tuple(shape)}, dtype {np.dtype(dtype).name}")
 
-
-def _flatten(layer, params, tape, dy, key, train):
-    # A reshape moves no values: reshape the gradient back.
-    x, _ = tape
-    return nn.NoParams(), dy.reshape(x.shape)
-
-
-def _dropout(layer, params, tape, dy, key, train):
-    # y = x * m with m = keep / (1 - rate) fixed by the key, so dx = dy * m.
-    # The mask is drawn again from the same key (XLA merges the two draws).
-    if not train:
-        return nn.NoParams(), dy
-    mask = nn.dropout_mask(key, layer.config["rate"], dy.shape)
-    return nn.NoParams(), dy * mask.astype(dy.dtype)
-
-
-def _serial(layer, params, tape, dy, key, train):
-    # y = f_n(...f_1(x)): apply each layer's rule from last to first, each layer's dx
-    # being the dy of the layer before it.
-    keys = nn.layer_keys(key, len(layer.children))
-    grads = [None] * len(layer.children)
-    for i in reversed(range(len(layer.children))):
-        grads[i], dy = backward(layer.children[i], params[i], tape[i], dy, keys[i], train)
-    return tuple(grads), dy
-
-
-LAYER_RULES: dict[str, Callable] = {
-    "dense": _dense, "relu": _relu, "leaky_relu": _leaky_relu, "sigmoid": _sigmoid,
-    "tanh": _tanh, "identity": _identity, "softmax": _softmax, "flatten": _flatten,
-    "dropout": _dropout, "serial": _serial,
-}
-
-
-# --------------------------------------------------------------------------------------
-# Loss rules: (pred, target) -> dL/dpred, with L the batch mean
-# --------------------------------------------------------------------------------------
-
-def _softmax_cross_entropy(z, labels):
-    # L = -1/N sum_n sum_c t_nc (z_nc - logsumexp(z_n)). Since sum_c t_nc = 1 and
-    # d logsumexp(z_n)/dz_nc = softmax(z_n)_c, the famous fused rule follows:
-    #   dL/dz = (softmax(z) - t) / N.
-    t, ok = losses.one_hot_targets("softmax_cross_entropy", z, labels)
-    g = (nn._softmax(z) - t) / z.shape[0]  # e^(z-m) / sum e^(z-m): accurate in float32
-    return jnp.where(ok, g, jnp.nan)
-
-
-def _clip_mask(p):
-    # jnp.clip passes the gradient through inside [CLIP, 1 - CLIP] and blocks it outside.
-    return (p >= losses.CLIP) & (p <= 1 - losses.CLIP)
-
-
-def _categorical_cross_entropy(p, labels):
-    # L = -1/N sum t log(clip(p)): dL/dp = -t / (N clip(p)) where p is not clipped.
-    t, ok = losses.one_hot_targets("categorical_cross_entropy", p, labels)
-    pc = jnp.clip(p, min=losses.CLIP, max=1 - losses.CLIP)
-    g = jnp.where(_clip_mask(p), -t / pc, 0) / p.shape[0]
-    return jnp.where(ok, g, jnp.nan)
-
-
-def _binary_cross_entropy(p, t):
-    # L = -mean(t log p + (1-t) log(1-p)): dL/dp = -(t/p - (1-t)/(1-p)) / size.
-    t = t.astype(p.dtype)
-    pc = jnp.clip(p, min=losses.CLIP, max=1 - losses.CLIP)
-    g = -(t / pc - (1 - t) / (1 - pc)) / p.size
-    return jnp.where(_clip_mask(p), g, 0)
-
-
-def _binary_cross_entropy_with_logits(z, t):
-    # With p = sigmoid(z), dp/dz = p(1-p) cancels the denominators above:
-    #   dL/dz = (sigmoid(z) - t) / size.
-    return (jax.nn.sigmoid(z) - t.astype(z.dtype)) / z.size
-
-
-def _mse(p, t):
-    # L = mean((p - t)^2): dL/dp = 2 (p - t) / size.
-    return 2 * (p - t.astype(p.dtype)) / p.size
-
-
-def _mae(p, t):
-    # L = mean(|p - t|): dL/dp = sign(p - t) / size (+1 at p = t, as for l1 above).
-    return jnp.where(p >= t.astype(p.dtype), 1, -1).astype(p.dtype) / p.size
-
-
-LOSS_RULES: dict[Callable, Callable] = {
-    losses.softmax_cross_entropy: _softmax_cross_entropy,
-    losses.categorical_cross_entropy: _categorical_cross_entropy,
-    losses.binary_cross_entropy: _binary_cross_entropy,
-    losses.binary_cross_entropy_with_logits: _binary_cross_entropy_with_logits,
-    losses.mse: _mse,
-    losses.mae: _mae,
-}
-
-# Penalty rules: tree -> d(penalty)/d(tree), leaf by leaf.
-PENALTY_RULES: dict[Callable, Callable] = {
-    # d|w|/dw = sign(w); at w = 0 (zero-initialised biases) NNFS takes +1, as does
-    # jax.grad of jnp.abs, so the two engines agree from the first step.
-    losses.l1: lambda tree: jax.tree.map(lambda w: jnp.where(w >= 0, 1, -1).astype(w.dtype),
-                                         tree),
-    losses.l2: lambda tree: jax.tree.map(lambda w: 2 * w, tree),  # d w^2/dw = 2w
-}
-
-
-# --------------------------------------------------------------------------------------
-# The driver
-# --------------------------------------------------------------------------------------
 
 def forward(layer: nn.Layer, params: Any, x: Array, key: Array | None = None,
-            train: bool = False) -> tuple[Array, Any]:
+            train: bool = False, *, engine: str = "backprop") -> tuple[Array, Tape]:
     """Runs ``layer`` forward, returning its output and the tape its backward needs.
 
-    The tape of a leaf layer is ``(x, y)``; that of ``serial`` is the tuple of its
-    layers' tapes. The output is computed by the layer's own ``apply``, so the forward
-    math lives in one place.
+    The output is computed by the layer's own ``apply_fn`` (or ``forward_fn``), so the
+    forward math lives in one place.
     """
-    if layer.kind == "serial":
-        tapes = []
-        for child, p, k in zip(layer.children, params,
-                               nn.layer_keys(key, len(layer.children))):
-            x, t = forward(child, p, x, k, train)
-            tapes.append(t)
-        return x, tuple(tapes)
-    y = layer.apply_fn(params, x, key, train)
-    return y, (x, y)
+    return _run(engine).forward(layer, params, x, key, train)
 
 
-def backward(layer: nn.Layer, params: Any, tape: Any, dy: Array,
-             key: Array | None = None, train: bool = False) -> tuple[Any, Array]:
-    """Turns ``dL/d(output)`` into ``(dL/dparams, dL/d(input))`` with the layer's rule."""
-    try:
-        rule = LAYER_RULES[layer.kind]
-    except KeyError:
+def backward(layer: nn.Layer, params: Any, tape: Tape, dy: Array, key: Array | None = None,
+             train: bool = False) -> tuple[Any, Array]:
+    """Turns ``dL/d(output)`` into ``(dL/dparams, dL/d(input))`` with the layer's rule.
+
+    ``tape``, ``key`` and ``train`` are those of the :func:`forward` call.
+    """
+    return _run("mixed" if tape.by_vjp else "backprop").backward(layer, params, tape, dy,
+                                                                  key, train)
+
+
+def _run(engine: str) -> _Run:
+    if engine not in ("backprop", "mixed"):
+        raise ValueError(f"backprop: engine must be 'backprop' or 'mixed' (for 'jax' use "
+                         f"jax.grad); got {engine!r}")
+    return _Run(engine == "mixed")
+
+
+def loss_value_and_grad(loss: Callable, engine: str = "backprop") -> Callable:
+    """``f(pred, target) -> (value, dL/dpred)`` from the loss's hand rule (or, under
+    ``engine="mixed"``, from ``jax.grad`` when it has none)."""
+    _run(engine)
+    if isinstance(loss, Loss) and loss.grad is not None:
+        def f(pred, target):
+            g = loss.grad(pred, target)
+            _same_aval(f"backprop: the gradient of {loss!r}", "dL/dpred", g, pred.shape,
+                       pred.dtype)
+            return loss.value(pred, target), g
+        return f
+    if not callable(loss):
+        raise TypeError(f"backprop: loss must be a losses.Loss or a function "
+                        f"(pred, target) -> scalar; got {type(loss).__name__}")
+    if engine != "mixed":
+        name = loss.name if isinstance(loss, Loss) else getattr(loss, "__name__", repr(loss))
         raise MissingRuleError(
-            f"backprop: no hand-derived backward rule for layer kind {layer.kind!r}; "
-            f"known: {sorted(LAYER_RULES)}. Use jax.grad for this model.") from None
-    return rule(layer, params, tape, dy, key, train)
+            f"backprop: loss {name!r} has no hand-derived gradient (a plain function, or a "
+            f"Loss without grad); make it losses.Loss(name, value, grad), or {_WAYS_OUT}.")
+    value = loss.value if isinstance(loss, Loss) else loss
+    return lambda pred, target: jax.value_and_grad(value)(pred, target)
 
 
-def _loss_rule(loss: Callable) -> Callable:
-    try:
-        return LOSS_RULES[loss]
-    except KeyError:
-        names = sorted(f.__name__ for f in LOSS_RULES)
-        raise MissingRuleError(
-            f"backprop: no hand-derived rule for loss {getattr(loss, '__name__', loss)!r}; "
-            f"known: {names}. Use jax.grad for a custom loss.") from None
-
-
-def value_and_grad(model: nn.Layer, loss: Callable, *,
+def value_and_grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop",
                    return_output: bool = False) -> Callable:
-    """``f(params, x, y, *, key=None, train=False) -> (loss, grads)``, all by hand.
+    """``f(params, x, y, *, key=None, train=False) -> (loss, grads)``, by hand.
 
-    One forward pass records every layer's input and output, the loss's rule gives
+    One forward pass records every layer's tape, the loss's ``grad`` gives
     ``dL/d(output)``, and the layers' rules run last to first. ``grads`` has exactly
     the pytree structure of ``params``. With ``return_output=True`` it returns
     ``((loss, output), grads)``, like ``jax.value_and_grad(..., has_aux=True)``, so a
     training loop gets the predictions for its metrics without a second forward pass.
+    ``engine="mixed"`` lets layers and losses without a rule through (``jax.vjp``).
     """
-    rule = _loss_rule(loss)
+    run = _run(engine)
+    if not run.mixed and (missing := missing_rules(model)):
+        raise MissingRuleError(f"backprop: {', '.join(map(repr, missing))} in {model!r} "
+                               f"{'has' if len(missing) == 1 else 'have'} no hand-derived "
+                               f"backward rule; {_WAYS_OUT}.")
+    loss_vg = loss_value_and_grad(loss, engine)
 
     def f(params, x, y, *, key=None, train=False):
-        out, tape = forward(model, params, x, key, train)
-        value = loss(out, y)
-        grads, _ = backward(model, params, tape, rule(out, y), key, train)
+        out, tape = run.forward(model, params, x, key, train)
+        value, dout = loss_vg(out, y)
+        grads, _ = run.backward(model, params, tape, dout, key, train)
         return ((value, out), grads) if return_output else (value, grads)
 
     return f
 
 
-def grad(model: nn.Layer, loss: Callable) -> Callable:
+def grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop") -> Callable:
     """``f(params, x, y, *, key=None, train=False) -> grads``: the hand-derived gradient
     of ``loss(model.apply(params, x), y)`` with respect to ``params``."""
-    vg = value_and_grad(model, loss)
+    vg = value_and_grad(model, loss, engine=engine)
 
     def f(params, x, y, *, key=None, train=False):
         return vg(params, x, y, key=key, train=train)[1]
 
     return f
+
+
+def as_custom_vjp(layer_or_loss: nn.Layer | Loss, *, train: bool = False) -> Callable:
+    """A function whose ``jax.grad`` runs funcnn's hand rule, for use in any JAX code.
+
+    For a layer: ``f(params, x, key=None) = layer.apply(params, x, key=key, train=train)``;
+    for a loss: ``f(pred, target) = loss(pred, target)``. Differentiating ``f`` with
+    ``jax.grad`` / ``jax.vjp`` (inside Flax, Equinox, optax code) calls the hand rule,
+    not autodiff of the forward code. ``key`` and integer targets get no gradient.
+    """
+    if isinstance(layer_or_loss, Loss):
+        loss = layer_or_loss
+        vg = loss_value_and_grad(loss)
+
+        @jax.custom_vjp
+        def f_loss(pred, target):
+            return loss.value(pred, target)
+
+        def fwd_loss(pred, target):
+            value, g = vg(pred, target)
+            return value, g
+
+        def bwd_loss(g, ct):
+            return g * ct, None
+
+        f_loss.defvjp(fwd_loss, bwd_loss)
+        return f_loss
+    if not isinstance(layer_or_loss, nn.Layer):
+        raise TypeError(f"as_custom_vjp: expected an nn.Layer or a losses.Loss; got "
+                        f"{type(layer_or_loss).__name__}")
+    layer = layer_or_loss
+    run = _run("backprop")
+    if missing := missing_rules(layer):
+        raise MissingRuleError(f"as_custom_vjp: {', '.join(map(repr, missing))} has no hand "
+                               "rule to hand to jax.grad; use layer.apply directly instead")
+
+    @jax.custom_vjp
+    def f(params, x, key=None):
+        return layer.apply_fn(params, x, key, train)
+
+    def fwd(params, x, key=None):
+        y, tape = run.forward(layer, params, x, key, train)
+        return y, (params, tape, key)
+
+    def bwd(res, dy):
+        params, tape, key = res
+        dparams, dx = run.backward(layer, params, tape, dy, key, train)
+        return dparams, dx, None
+
+    f.defvjp(fwd, bwd)
+    return f
+
+
+def check(target: nn.Layer | Loss | Any, *args: Any, **kwargs: Any) -> Any:
+    """Verifies a layer's or loss's hand rule against ``jax.vjp`` and finite differences.
+
+    See :func:`funcnn.gradcheck.check` for the arguments; it lives in its own module,
+    which compares against autodiff and finite differences.
+    """
+    from funcnn import gradcheck
+    return gradcheck.check(target, *args, **kwargs)

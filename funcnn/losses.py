@@ -1,8 +1,15 @@
-"""Loss functions and metrics, written by hand. Each returns the mean over the batch.
+"""Losses, written by hand, each one value with its gradient and its metric.
 
-Every loss ``L(pred, target)`` here has a hand-derived gradient ``dL/dpred`` in
-:mod:`funcnn.backprop`; ``LOSSES`` and ``PENALTIES`` list them so a test can check that
-none is missing.
+A :class:`Loss` carries ``value(pred, target)`` (the batch mean), ``grad(pred, target)``
+(``dL/dpred``, derived by hand, right below the value) and its natural ``metric``::
+
+    losses.mse(pred, y)            # the value; a Loss is called like a function
+    losses.mse.grad(pred, y)       # 2 (pred - y) / size
+    losses.mse.metric              # metrics.mae
+
+A loss of your own is ``Loss("name", value, grad, metric)``; a plain function works
+too, under ``engine="mixed"`` or ``"jax"``. Penalties on the weights
+(:class:`Regularizer`: ``l1``, ``l2``) carry their value and gradient the same way.
 
 Numerical care:
   * ``softmax_cross_entropy`` works on logits through
@@ -14,90 +21,88 @@ Numerical care:
 Labels are checked at the boundary. Integer labels outside ``[0, classes)`` raise when
 their values are known; inside ``jit`` they are not, and JAX would silently clamp an
 index, so there the loss turns NaN instead of quietly training on a wrong label (the
-training loop then stops and names the step).
+training loop checks labels before it starts).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from funcnn._checks import concrete
+from funcnn import metrics
+from funcnn.metrics import Metric, check_pred, check_same, one_hot_targets, poison
+from funcnn.nn import softmax_fn
 
 Array = jax.Array
 
 __all__ = [
-    "softmax_cross_entropy", "categorical_cross_entropy", "binary_cross_entropy",
-    "binary_cross_entropy_with_logits", "mse", "mae", "l1", "l2", "accuracy",
-    "log_softmax", "one_hot_targets", "batch_mean", "CLIP", "LOSSES", "PENALTIES",
+    "Loss", "Regularizer", "softmax_cross_entropy", "categorical_cross_entropy",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "mse", "mae", "l1", "l2",
+    "log_softmax", "batch_mean", "CLIP", "LOSSES", "PENALTIES",
 ]
 
 CLIP = 1e-7  # NNFS clips probabilities to [CLIP, 1 - CLIP] before taking logs
 
 
-# --------------------------------------------------------------------------------------
-# Checks and shared pieces
-# --------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True, eq=False)
+class Loss:
+    """A loss: its value, its hand-derived gradient, and its natural metric.
 
-def _check_pred(name: str, pred: Array, ndim: int | None = 2) -> None:
-    if not hasattr(pred, "shape"):
-        raise TypeError(f"{name}: predictions must be an array; got {type(pred).__name__}")
-    if ndim is not None and pred.ndim != ndim:
-        raise ValueError(f"{name}: expected predictions of shape (batch, classes); got "
-                         f"shape {tuple(pred.shape)}")
-    if not jnp.issubdtype(pred.dtype, jnp.floating):
-        raise TypeError(f"{name}: predictions must be floating point; got {pred.dtype}")
+    Attributes:
+      name: for messages and ``repr``.
+      value: ``(pred, target) -> scalar``, the mean over the batch.
+      grad: ``(pred, target) -> dL/dpred`` (``pred``'s shape), derived by hand; ``None``
+        when there is none (then only ``engine="mixed"`` or ``"jax"`` can train on it).
+      metric: what ``fit`` reports beside the loss when no ``metrics=`` are given.
+      targets: ``"classes"`` when targets are class indices (or one-hot rows), so
+        ``fit`` checks them against the model's outputs; ``"same"`` when they have the
+        predictions' shape.
 
-
-def one_hot_targets(name: str, pred: Array, labels: Array) -> tuple[Array, Array]:
-    """Checks ``labels`` against ``pred`` (batch, classes) and returns ``(targets, ok)``.
-
-    ``labels`` are integer class indices of shape ``(batch,)`` or a one-hot / soft label
-    array of ``pred``'s shape. ``targets`` is the float target distribution; ``ok`` is a
-    scalar bool, false when a (traced) integer label is out of range.
+    Calling a loss gives its value, so ``jax.grad(loss)`` works on it as on a function.
     """
-    labels = jnp.asarray(labels) if not hasattr(labels, "dtype") else labels
-    n, classes = pred.shape
-    if jnp.issubdtype(labels.dtype, jnp.integer):
-        if labels.shape != (n,):
-            raise ValueError(
-                f"{name}: integer labels must have shape (batch,) = ({n},) to match "
-                f"predictions of shape {tuple(pred.shape)}; got {tuple(labels.shape)}")
-        values = concrete(labels)
-        if values is not None and values.size and (values.min() < 0
-                                                   or values.max() >= classes):
-            bad = values[(values < 0) | (values >= classes)]
-            raise ValueError(
-                f"{name}: labels must be class indices in [0, {classes}); got "
-                f"{bad[:5].tolist()} (min {values.min()}, max {values.max()}). Check the "
-                "number of outputs of the last layer and the labels.")
-        ok = jnp.all((labels >= 0) & (labels < classes))
-        targets = (labels[:, None] == jnp.arange(classes)[None, :]).astype(pred.dtype)
-        return targets, ok
-    if jnp.issubdtype(labels.dtype, jnp.floating):
-        if labels.shape != pred.shape:
-            raise ValueError(
-                f"{name}: one-hot or soft labels must have the predictions' shape "
-                f"{tuple(pred.shape)}; got {tuple(labels.shape)}")
-        return labels.astype(pred.dtype), jnp.array(True)
-    raise TypeError(f"{name}: labels must be integer class indices or float one-hot/soft "
-                    f"labels; got dtype {labels.dtype}")
+
+    name: str
+    value: Callable[[Array, Array], Array]
+    grad: Callable[[Array, Array], Array] | None = None
+    metric: Metric | None = None
+    targets: str = "same"
+
+    def __post_init__(self):
+        if not callable(self.value):
+            raise TypeError(f"Loss {self.name!r}: value must be a function; got {self.value!r}")
+        if self.grad is not None and not callable(self.grad):
+            raise TypeError(f"Loss {self.name!r}: grad must be a function or None")
+        if self.metric is not None and not isinstance(self.metric, Metric):
+            raise TypeError(f"Loss {self.name!r}: metric must be a metrics.Metric or None")
+        if self.targets not in ("classes", "same"):
+            raise ValueError(f"Loss {self.name!r}: targets must be 'classes' or 'same'; got "
+                             f"{self.targets!r}")
+
+    def __call__(self, pred: Array, target: Array) -> Array:
+        return self.value(pred, target)
+
+    def __repr__(self) -> str:
+        return f"Loss({self.name!r})"
 
 
-def _check_same(name: str, pred: Array, target: Array) -> Array:
-    _check_pred(name, pred, ndim=None)
-    target = jnp.asarray(target)
-    if pred.ndim == 0 or target.shape != pred.shape:
-        raise ValueError(f"{name}: predictions and targets must have the same batch-first "
-                         f"shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
-    return target.astype(pred.dtype)
+@dataclasses.dataclass(frozen=True, eq=False)
+class Regularizer:
+    """A penalty on the weights: ``value(tree) -> scalar`` and its hand gradient
+    ``grad(tree) -> tree`` (same structure)."""
 
+    name: str
+    value: Callable[[Any], Array]
+    grad: Callable[[Any], Any]
 
-def _poison(value: Array, ok: Array) -> Array:
-    """``value`` where ``ok``, NaN elsewhere (for labels found invalid inside jit)."""
-    return jnp.where(ok, value, jnp.nan)
+    def __call__(self, tree: Any) -> Array:
+        return self.value(tree)
+
+    def __repr__(self) -> str:
+        return f"Regularizer({self.name!r})"
 
 
 def batch_mean(v: Array) -> Array:
@@ -123,110 +128,159 @@ def log_softmax(z: Array) -> Array:
     return z - (m + jnp.log(jnp.sum(jnp.exp(z - m), axis=-1, keepdims=True)))
 
 
+def _clip_mask(p: Array) -> Array:
+    # jnp.clip passes the gradient through inside [CLIP, 1 - CLIP] and blocks it outside.
+    return (p >= CLIP) & (p <= 1 - CLIP)
+
+
 # --------------------------------------------------------------------------------------
 # Classification losses
 # --------------------------------------------------------------------------------------
 
-def softmax_cross_entropy(logits: Array, labels: Array) -> Array:
-    """Cross-entropy of ``softmax(logits)`` against the labels, mean over the batch.
-
-    ``L = -1/N sum_i sum_c t_ic log softmax(z_i)_c`` with ``t`` one-hot (from integer
-    labels) or soft labels. Computed through ``log_softmax``; never clipped.
-    """
-    _check_pred("softmax_cross_entropy", logits)
+def _sce_value(logits, labels):
+    check_pred("softmax_cross_entropy", logits)
     targets, ok = one_hot_targets("softmax_cross_entropy", logits, labels)
-    loss = batch_mean(-jnp.sum(targets * log_softmax(logits), axis=1))
-    return _poison(loss, ok)
+    return poison(batch_mean(-jnp.sum(targets * log_softmax(logits), axis=1)), ok)
 
 
-def categorical_cross_entropy(probs: Array, labels: Array) -> Array:
-    """Cross-entropy on probabilities (e.g. a softmax layer's output), as NNFS.
+# L = -1/N sum_n sum_c t_nc (z_nc - logsumexp(z_n)). Since sum_c t_nc = 1 and
+# d logsumexp(z_n)/dz_nc = softmax(z_n)_c, the famous fused rule follows:
+#   dL/dz = (softmax(z) - t) / N.
+def _sce_grad(z, labels):
+    t, ok = one_hot_targets("softmax_cross_entropy", z, labels)
+    return poison((softmax_fn(z) - t) / z.shape[0], ok)
 
-    ``L = -1/N sum_i sum_c t_ic log clip(p_ic, 1e-7, 1 - 1e-7)``.
-    """
-    _check_pred("categorical_cross_entropy", probs)
+
+softmax_cross_entropy = Loss("softmax_cross_entropy", _sce_value, _sce_grad,
+                             metrics.accuracy, "classes")
+"""Cross-entropy of ``softmax(logits)`` against the labels, mean over the batch:
+``L = -1/N sum_i sum_c t_ic log softmax(z_i)_c`` with ``t`` one-hot (from integer
+labels) or soft labels. Computed through ``log_softmax``; never clipped."""
+
+
+def _cce_value(probs, labels):
+    check_pred("categorical_cross_entropy", probs)
     targets, ok = one_hot_targets("categorical_cross_entropy", probs, labels)
     clipped = jnp.clip(probs, min=CLIP, max=1 - CLIP)
-    loss = batch_mean(-jnp.sum(targets * jnp.log(clipped), axis=1))
-    return _poison(loss, ok)
+    return poison(batch_mean(-jnp.sum(targets * jnp.log(clipped), axis=1)), ok)
 
 
-def binary_cross_entropy(probs: Array, targets: Array) -> Array:
-    """Binary cross-entropy on probabilities (a sigmoid's output), clipped as NNFS.
+# L = -1/N sum t log(clip(p)): dL/dp = -t / (N clip(p)) where p is not clipped, 0 where
+# it is.
+def _cce_grad(p, labels):
+    t, ok = one_hot_targets("categorical_cross_entropy", p, labels)
+    pc = jnp.clip(p, min=CLIP, max=1 - CLIP)
+    return poison(jnp.where(_clip_mask(p), -t / pc, 0) / p.shape[0], ok)
 
-    ``L = -mean(t log p + (1 - t) log(1 - p))`` over all elements, with ``p`` clipped to
-    ``[1e-7, 1 - 1e-7]``.
-    """
-    t = _check_same("binary_cross_entropy", probs, targets)
+
+categorical_cross_entropy = Loss("categorical_cross_entropy", _cce_value, _cce_grad,
+                                 metrics.accuracy, "classes")
+"""Cross-entropy on probabilities (e.g. a softmax layer's output), as NNFS:
+``L = -1/N sum_i sum_c t_ic log clip(p_ic, 1e-7, 1 - 1e-7)``."""
+
+
+def _bce_value(probs, targets):
+    t = check_same("binary_cross_entropy", probs, targets)
     p = jnp.clip(probs, min=CLIP, max=1 - CLIP)
     return -jnp.mean(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
 
 
-def binary_cross_entropy_with_logits(logits: Array, targets: Array) -> Array:
-    """Binary cross-entropy of ``sigmoid(logits)``, computed stably from the logits.
+# L = -mean(t log p + (1-t) log(1-p)): dL/dp = -(t/p - (1-t)/(1-p)) / size, 0 where
+# p is clipped.
+def _bce_grad(p, t):
+    t = t.astype(p.dtype)
+    pc = jnp.clip(p, min=CLIP, max=1 - CLIP)
+    return jnp.where(_clip_mask(p), -(t / pc - (1 - t) / (1 - pc)) / p.size, 0)
 
-    ``-[t log s(z) + (1-t) log(1-s(z))] = log(1 + e^z) - z t``, where
-    ``log(1 + e^z) = logaddexp(0, z)`` is evaluated without overflow.
-    """
-    t = _check_same("binary_cross_entropy_with_logits", logits, targets)
+
+binary_cross_entropy = Loss("binary_cross_entropy", _bce_value, _bce_grad,
+                            metrics.binary_accuracy)
+"""Binary cross-entropy on probabilities (a sigmoid's output), clipped as NNFS:
+``L = -mean(t log p + (1 - t) log(1 - p))`` over all elements, ``p`` clipped to
+``[1e-7, 1 - 1e-7]``."""
+
+
+def _bce_logits_value(logits, targets):
+    t = check_same("binary_cross_entropy_with_logits", logits, targets)
     return jnp.mean(jnp.logaddexp(0.0, logits) - logits * t)
+
+
+# With p = sigmoid(z), dp/dz = p(1-p) cancels the denominators of the rule above:
+#   dL/dz = (sigmoid(z) - t) / size.
+def _bce_logits_grad(z, t):
+    return (jax.nn.sigmoid(z) - t.astype(z.dtype)) / z.size
+
+
+binary_cross_entropy_with_logits = Loss(
+    "binary_cross_entropy_with_logits", _bce_logits_value, _bce_logits_grad,
+    metrics.binary_accuracy_logits)
+"""Binary cross-entropy of ``sigmoid(logits)``, computed stably from the logits:
+``-[t log s(z) + (1-t) log(1-s(z))] = log(1 + e^z) - z t``, where
+``log(1 + e^z) = logaddexp(0, z)`` never overflows."""
 
 
 # --------------------------------------------------------------------------------------
 # Regression losses
 # --------------------------------------------------------------------------------------
 
-def mse(pred: Array, target: Array) -> Array:
-    """Mean squared error, ``mean((pred - target)^2)`` over all elements."""
-    t = _check_same("mse", pred, target)
+def _mse_value(pred, target):
+    t = check_same("mse", pred, target)
     return jnp.mean((pred - t) ** 2)
 
 
-def mae(pred: Array, target: Array) -> Array:
-    """Mean absolute error, ``mean(|pred - target|)`` over all elements."""
-    t = _check_same("mae", pred, target)
+# L = mean((p - t)^2): dL/dp = 2 (p - t) / size.
+def _mse_grad(p, t):
+    return 2 * (p - t.astype(p.dtype)) / p.size
+
+
+mse = Loss("mse", _mse_value, _mse_grad, metrics.mae)
+"""Mean squared error, ``mean((pred - target)^2)`` over all elements."""
+
+
+def _mae_value(pred, target):
+    t = check_same("mae", pred, target)
     return jnp.mean(jnp.abs(pred - t))
+
+
+# L = mean(|p - t|): dL/dp = sign(p - t) / size, taking +1 at p = t (as jax.grad of abs).
+def _mae_grad(p, t):
+    return jnp.where(p >= t.astype(p.dtype), 1, -1).astype(p.dtype) / p.size
+
+
+mae = Loss("mae", _mae_value, _mae_grad, metrics.mae)
+"""Mean absolute error, ``mean(|pred - target|)`` over all elements."""
 
 
 # --------------------------------------------------------------------------------------
 # Penalties on parameters (NNFS chapter 14)
 # --------------------------------------------------------------------------------------
 
-def l1(tree: Any) -> Array:
-    """L1 penalty ``sum |w|`` over every array in ``tree`` (multiply by lambda yourself)."""
-    leaves = jax.tree.leaves(tree)
-    return sum((jnp.sum(jnp.abs(x)) for x in leaves), jnp.zeros((), _dtype(leaves)))
-
-
-def l2(tree: Any) -> Array:
-    """L2 penalty ``sum w^2`` over every array in ``tree`` (multiply by lambda yourself)."""
-    leaves = jax.tree.leaves(tree)
-    return sum((jnp.sum(x * x) for x in leaves), jnp.zeros((), _dtype(leaves)))
-
-
 def _dtype(leaves: list) -> Any:
     return jnp.result_type(*leaves) if leaves else jnp.float32
 
 
-# --------------------------------------------------------------------------------------
-# Metrics (not differentiable; no backward rule)
-# --------------------------------------------------------------------------------------
+def _l1_value(tree):
+    leaves = jax.tree.leaves(tree)
+    return sum((jnp.sum(jnp.abs(x)) for x in leaves), jnp.zeros((), _dtype(leaves)))
 
-def accuracy(pred: Array, labels: Array) -> Array:
-    """Fraction of examples whose highest score is the true class.
 
-    ``pred`` is (batch, classes) logits or probabilities; ``labels`` integer classes or
-    one-hot rows (their argmax is used). For one output column, a prediction counts as
-    class 1 when it is above 0.5 (probabilities, as NNFS's binary accuracy).
-    """
-    _check_pred("accuracy", pred)
-    labels = jnp.asarray(labels)
-    if pred.shape[1] == 1:
-        t = _check_same("accuracy", pred, labels.reshape(pred.shape))
-        return jnp.mean(((pred > 0.5) == (t > 0.5)).astype(jnp.float32))
-    targets, ok = one_hot_targets("accuracy", pred, labels)
-    hit = jnp.argmax(pred, axis=-1) == jnp.argmax(targets, axis=-1)
-    return _poison(jnp.mean(hit.astype(pred.dtype)), ok)
+# d|w|/dw = sign(w); at w = 0 (zero-initialised biases) NNFS takes +1, as does jax.grad
+# of jnp.abs, so the two engines agree from the first step.
+def _l1_grad(tree):
+    return jax.tree.map(lambda w: jnp.where(w >= 0, 1, -1).astype(w.dtype), tree)
+
+
+l1 = Regularizer("l1", _l1_value, _l1_grad)
+"""L1 penalty ``sum |w|`` over every array in a tree (multiply by lambda yourself)."""
+
+
+def _l2_value(tree):
+    leaves = jax.tree.leaves(tree)
+    return sum((jnp.sum(x * x) for x in leaves), jnp.zeros((), _dtype(leaves)))
+
+
+l2 = Regularizer("l2", _l2_value, lambda tree: jax.tree.map(lambda w: 2 * w, tree))
+"""L2 penalty ``sum w^2`` over every array in a tree, gradient ``2 w``."""
 
 
 LOSSES = {

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcnn import losses
+from funcnn import losses, metrics
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -65,9 +65,9 @@ def test_regression_losses_and_penalties():
 
 def test_accuracy():
     z = jnp.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
-    assert float(losses.accuracy(z, jnp.array([1, 0, 0]))) == pytest.approx(2 / 3)
-    assert float(losses.accuracy(z, jax.nn.one_hot(jnp.array([1, 0, 1]), 2))) == 1.0
-    assert float(losses.accuracy(jnp.array([[0.7], [0.2]]), jnp.array([[1.0], [1.0]]))) == 0.5
+    assert float(metrics.accuracy(z, jnp.array([1, 0, 0]))) == pytest.approx(2 / 3)
+    assert float(metrics.accuracy(z, jax.nn.one_hot(jnp.array([1, 0, 1]), 2))) == 1.0
+    assert float(metrics.accuracy(jnp.array([[0.7], [0.2]]), jnp.array([[1.0], [1.0]]))) == 0.5
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcnn import backprop, losses, nn
+from funcnn import backprop, losses, metrics, nn
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
@@ -73,7 +73,7 @@ def test_chapter5_loss_and_accuracy(book):
     loss = losses.softmax_cross_entropy(logits, y)
     assert loss.dtype == jnp.float32
     assert abs(float(loss) - 1.0986104) <= 1e-7
-    assert float(losses.accuracy(logits, y)) == pytest.approx(0.34)
+    assert float(metrics.accuracy(logits, y)) == pytest.approx(0.34)
     # and the book's own route, softmax layer + clipped CCE on probabilities
     probs = nn.softmax().apply(nn.NoParams(), logits)
     assert abs(float(losses.categorical_cross_entropy(probs, y)) - 1.0986104) <= 1e-7

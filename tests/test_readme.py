@@ -28,6 +28,11 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
         scale = float(np.max(np.abs(a)))
         np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5 * scale)
     assert scope["history"]["accuracy"][-1] > 0.8
+    # "Your own layer or loss": the user's layers and loss checked and trained by hand
+    assert scope["history2"]["accuracy"][-1] > 0.6
+    assert {"accuracy", "mae"} <= set(scope["history3"].metrics)
+    assert all(np.all(np.isfinite(v)) for v in scope["history3"].metrics.values())
+    assert np.all(np.isfinite(scope["g_bridge"].gain))
     assert "total" in capsys.readouterr().out
 
 

@@ -40,6 +40,7 @@ class _Plan:
     penalty_fn: Callable | None
     penalty_names: tuple[str, ...]
     engine: str
+    metrics: tuple  # of funcnn.metrics.Metric
     batch_size: int
     shuffle: bool
     epochs: int
@@ -83,7 +84,7 @@ def _train_one(values: dict[str, Array], fixed_penalty: Any, x: Array, y: Array,
     final, metrics = train.run_epochs(
         state, x, y, penalty, val, model=model, loss=plan.loss,
         update=plan.optimizer.update, engine=plan.engine, batch_size=plan.batch_size,
-        shuffle=plan.shuffle, epochs=plan.epochs)
+        shuffle=plan.shuffle, epochs=plan.epochs, metrics=plan.metrics)
     # Without a penalty run_epochs returns no data_loss (it equals loss); run fills it
     # in on the host.
     metrics = {k: v for k, v in metrics.items() if k != "bad_step"}

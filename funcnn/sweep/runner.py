@@ -26,7 +26,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         dtype: Any = jnp.float32, seed: int = 0,
         penalty: train.Penalty | Callable[..., train.Penalty] | None = None,
         validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
-        shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
+        metrics: Any = None, shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
         devices: int | Sequence[Any] | None = None, keep_params: bool = True,
         ) -> SweepResults:
     """Trains every configuration of ``space`` for ``epochs`` epochs; returns the results.
@@ -38,7 +38,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         the compiled program across sweeps.
       x, y: the training set (checked and prepared as ``fit`` does).
       space: the configurations (:func:`grid`, :func:`random`, ...).
-      epochs, batch_size, shuffle, engine, validation_data: as for ``fit``; every
+      epochs, batch_size, shuffle, engine, metrics, validation_data: as for ``fit``; every
         configuration uses them. With ``batch_size=None`` (the whole set) an epoch is one
         step.
       input_shape: one example's shape (default ``x.shape[1:]``); dtype: the weights'
@@ -65,8 +65,6 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     if not isinstance(space, Space):
         raise TypeError(f"{where}: space must be a sweep.Space (from sweep.grid, "
                         f"sweep.random, ...); got {type(space).__name__}")
-    if engine not in train.ENGINES:
-        raise ValueError(f"{where}: engine must be one of {train.ENGINES}; got {engine!r}")
     if not isinstance(optimizer, optim.Optimizer):
         raise TypeError(f"{where}: optimizer must be a funcnn.optim.Optimizer (e.g. "
                         f"optim.adam()); got {type(optimizer).__name__}")
@@ -102,6 +100,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     if not isinstance(ref_model, nn.Layer):
         raise TypeError(f"{where}: the model factory must return an nn.Layer; got "
                         f"{type(ref_model).__name__}")
+    train.check_engine(engine, ref_model, loss, where)
+    chosen_metrics = train.metric_set(loss, metrics, where)
     params0 = train.init_state(ref_model, optimizer, jax.random.key(0), input_shape,
                                dtype=dtype).params
     xd, yd = train.prepare_data(ref_model, loss, params0, x, y)
@@ -156,7 +156,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                  hparam_names=hparam_names, penalty=kind,
                  penalty_fn=penalty if kind == "factory" else None,
                  penalty_names=tuple(n for n in penalty_args if n in names),
-                 engine=engine, batch_size=int(batch_size), shuffle=bool(shuffle),
+                 engine=engine, metrics=chosen_metrics, batch_size=int(batch_size), shuffle=bool(shuffle),
                  epochs=int(epochs), input_shape=input_shape, dtype=dtype.name,
                  keep_params=bool(keep_params))
 

@@ -12,8 +12,10 @@ into one ``lax.scan``, and for tiny epochs (full-batch spiral data) several epoc
 into one call, so Python runs once per chunk of work rather than once per step.
 
 Gradients come from the hand-derived :mod:`funcnn.backprop` (``engine="backprop"``,
-the default) or from ``jax.grad`` (``engine="jax"``); both follow the same
-trajectory to float tolerance, which the tests check.
+the default), from hand rules with ``jax.vjp`` standing in for a layer or loss that
+has none (``engine="mixed"``), or from ``jax.grad`` (``engine="jax"``); all follow the
+same trajectory to float tolerance, which the tests check. Metrics (``metrics=``)
+default to the loss's natural one.
 
 Randomness: ``state.key`` is fixed for the run; the dropout key of step ``s`` is
 ``fold_in(fold_in(key, 0), s)`` and the shuffle of epoch ``e`` uses
@@ -29,7 +31,7 @@ before it.
 from funcnn.train.inputs import DeviceData, device_data, prepare_data
 from funcnn.train.loop import DivergedError, History, fit, run_epochs
 from funcnn.train.state import Penalty, TrainState, dense_penalty, init_state
-from funcnn.train.step import ENGINES, evaluate, train_step
+from funcnn.train.step import ENGINES, check_engine, evaluate, metric_set, train_step
 
 # Private, but used by the tests and benchmarks: the jitted run_epochs (its compile
 # cache) and the jitted evaluation.
@@ -38,4 +40,4 @@ from funcnn.train.step import _evaluate  # noqa: F401, E402
 
 __all__ = ["TrainState", "Penalty", "DivergedError", "History", "DeviceData", "init_state",
            "dense_penalty", "device_data", "prepare_data", "train_step", "evaluate", "fit",
-           "run_epochs", "ENGINES"]
+           "run_epochs", "check_engine", "metric_set", "ENGINES"]

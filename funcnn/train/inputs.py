@@ -10,8 +10,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import losses, nn
+from funcnn import nn
 from funcnn.data import check_dataset
+from funcnn.losses import Loss
 
 Array = jax.Array
 
@@ -38,13 +39,21 @@ def _num_classes(model: nn.Layer, params_shapes: Any, example_shape: tuple[int, 
 
 
 def _classes_of(model: nn.Layer, loss: Callable, params: Any, x: Any, y: Any) -> int | None:
-    """The number of classes the labels must lie in, for integer-label losses."""
-    if loss not in (losses.softmax_cross_entropy, losses.categorical_cross_entropy) or \
-            not jnp.issubdtype(y.dtype, jnp.integer):
+    """The number of classes integer labels must lie in, or None when they are not
+    class labels.
+
+    A :class:`~funcnn.losses.Loss` says so (``targets="classes"``). For a plain function
+    integer labels of shape ``(N,)`` against an output of ``C >= 2`` columns can only be
+    class indices, so they are checked too (JAX would clamp a wrong one silently).
+    """
+    if not jnp.issubdtype(y.dtype, jnp.integer) or y.ndim != 1:
+        return None
+    if isinstance(loss, Loss) and loss.targets != "classes":
         return None
     leaves, treedef = jax.tree.flatten(params)
     shapes = (treedef, tuple((tuple(a.shape), jnp.dtype(a.dtype)) for a in leaves))
-    return _num_classes(model, shapes, tuple(x.shape[1:]))
+    classes = _num_classes(model, shapes, tuple(x.shape[1:]))
+    return classes if isinstance(loss, Loss) or classes >= 2 else None
 
 
 @jax.jit

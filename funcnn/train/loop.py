@@ -15,7 +15,8 @@ import numpy as np
 from funcnn import nn, optim
 from funcnn.train.inputs import DeviceData, prepare_data
 from funcnn.train.state import Penalty, TrainState
-from funcnn.train.step import ENGINES, _evaluate_arrays, train_step
+from funcnn.metrics import Metric
+from funcnn.train.step import _evaluate_arrays, check_engine, metric_set, train_step
 
 Array = jax.Array
 
@@ -31,16 +32,20 @@ def _all_finite(tree: Any) -> Array:
 def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
                val: tuple[Array, Array] | None, *, model: nn.Layer, loss: Callable,
                update: Callable, engine: str, batch_size: int, shuffle: bool,
-               epochs: int, guard: bool = False) -> tuple[TrainState, dict[str, Array]]:
+               epochs: int, guard: bool = False, metrics: tuple[Metric, ...] | None = None,
+               ) -> tuple[TrainState, dict[str, Array]]:
     """``epochs`` epochs as one nested ``lax.scan`` (pure; ``fit`` jits it).
 
     Each epoch: a permutation of the examples drawn on device, then ``N // batch_size``
     steps, each gathering its minibatch from the permutation. Returns per-epoch metrics
-    (arrays of length ``epochs``; ``data_loss`` only with a penalty, as without one it
-    equals ``loss``). With ``guard=True`` a step whose loss or new weights
+    (arrays of length ``epochs``: ``loss``, each metric by name (``metrics``: a tuple of
+    :class:`~funcnn.metrics.Metric`, default the loss's natural one), ``val_`` ones with
+    validation data, and ``data_loss`` only with a penalty, as without one it equals
+    ``loss``). With ``guard=True`` a step whose loss or new weights
     are not finite is rejected, and so are all steps after it: the state returned is the
     last finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
     """
+    metrics = metric_set(loss, metrics, "run_epochs")
     n = x.shape[0]
     steps = n // batch_size
     full_batch = steps == 1 and batch_size == n
@@ -63,7 +68,7 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
                 idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
                 xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
             new, m = train_step(state, xb, yb, model=model, loss=loss, update=update,
-                                engine=engine, penalty=penalty)
+                                engine=engine, penalty=penalty, metrics=metrics)
             if guard:
                 ok = (bad_step < 0) & jnp.isfinite(m["loss"]) & _all_finite(new.params)
                 bad_step = jnp.where(ok | (bad_step >= 0), bad_step, state.step)
@@ -76,8 +81,9 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
         lr = optim.learning_rate(update, state.opt_state)
         out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
         if val is not None:
-            v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss)
-            out["val_loss"], out["val_accuracy"] = v["loss"], v["accuracy"]
+            v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss,
+                                 metrics=metrics)
+            out.update({f"val_{k}": v[k] for k in v})
         return (state, bad_step), out
 
     (state, bad_step), metrics = jax.lax.scan(epoch, (state, jnp.array(-1, jnp.int32)), None,
@@ -91,7 +97,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
 
 
 _run_epochs = jax.jit(run_epochs, static_argnames=(
-    "model", "loss", "update", "engine", "batch_size", "shuffle", "epochs", "guard"))
+    "model", "loss", "update", "engine", "batch_size", "shuffle", "epochs", "guard",
+    "metrics"))
 
 
 # --------------------------------------------------------------------------------------
@@ -113,8 +120,10 @@ class DivergedError(FloatingPointError):
 
 @dataclasses.dataclass
 class History:
-    """Per-epoch metrics as numpy arrays: ``loss``, ``data_loss``, ``accuracy``,
-    ``learning_rate`` and, with validation data, ``val_loss`` and ``val_accuracy``."""
+    """Per-epoch metrics as numpy arrays: ``loss``, ``data_loss``, ``learning_rate``,
+    each metric by name (by default the loss's natural one: ``accuracy`` for
+    classification, ``mae`` for regression) and, with validation data, ``val_loss``
+    and ``val_`` + each metric's name."""
 
     metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
@@ -145,19 +154,24 @@ def _progress_bar(total: int, enabled: bool | None):
     return tqdm(total=total, unit="epoch", leave=False)
 
 
-def _format(epoch: int, m: dict[str, float]) -> str:
-    line = f"epoch: {epoch}, acc: {m['accuracy']:.3f}, loss: {m['loss']:.3f}"
+def _format(epoch: int, m: dict[str, float], names: tuple[str, ...]) -> str:
+    """An NNFS-style log line (``acc`` for ``accuracy``, as the book prints it)."""
+    short = lambda k: "acc" if k == "accuracy" else k  # noqa: E731
+    line = f"epoch: {epoch}, " + "".join(f"{short(k)}: {m[k]:.3f}, " for k in names)
+    line += f"loss: {m['loss']:.3f}"
     if "data_loss" in m:
         line += f" (data_loss: {m['data_loss']:.3f}, reg_loss: {m['loss'] - m['data_loss']:.3f})"
     line += f", lr: {m['learning_rate']:.6g}"
     if "val_loss" in m:
-        line += f", val_acc: {m['val_accuracy']:.3f}, val_loss: {m['val_loss']:.3f}"
+        line += "".join(f", val_{short(k)}: {m['val_' + k]:.3f}" for k in names)
+        line += f", val_loss: {m['val_loss']:.3f}"
     return line
 
 
 def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: TrainState,
         x: Any, y: Any = None, *, epochs: int, batch_size: int | None = None,
         validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
+        metrics: Any = None,
         penalty: Penalty | None = None, shuffle: bool = True, log_every: int | None = None,
         progress: bool | None = None, epochs_per_call: int | None = None,
         on_chunk: Callable[[TrainState, History], None] | None = None,
@@ -174,7 +188,12 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         whole set); the last ``N % batch_size`` examples of each shuffled epoch are
         left out, a different few each epoch.
       validation_data: ``(x_val, y_val)`` evaluated after every epoch.
-      engine: ``"backprop"`` (hand-derived rules) or ``"jax"`` (``jax.grad``).
+      engine: ``"backprop"`` (hand-derived rules only; a layer or loss without one is an
+        error), ``"mixed"`` (hand rules, and ``jax.vjp`` where a layer or loss has none)
+        or ``"jax"`` (``jax.grad`` throughout).
+      metrics: what to report besides the loss, per epoch: a list of
+        :class:`~funcnn.metrics.Metric` or functions ``(pred, target) -> scalar``, or a
+        dict name -> function; default the loss's natural metric (``loss.metric``).
       penalty: optional :class:`Penalty` (L1/L2 on the weights).
       log_every: print an NNFS-style line every this many epochs.
       progress: a tqdm progress bar (default: only on a terminal, if tqdm is installed).
@@ -185,8 +204,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
       DivergedError: the loss or weights became NaN/inf; it names the epoch and step and
         carries the last finite state.
     """
-    if engine not in ENGINES:
-        raise ValueError(f"fit: engine must be one of {ENGINES}; got {engine!r}")
+    check_engine(engine, model, loss, "fit")
+    chosen = metric_set(loss, metrics, "fit")
     if not isinstance(state, TrainState):
         raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
                         f"{type(state).__name__}")
@@ -210,7 +229,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     if epochs_per_call is None:
         epochs_per_call = max(1, min(epochs, math.ceil(2048 / steps)))
     config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
-                  batch_size=batch_size, shuffle=shuffle)
+                  batch_size=batch_size, shuffle=shuffle, metrics=chosen)
     history = History()
     bar = _progress_bar(epochs, progress)
     done = 0
@@ -229,13 +248,14 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
             for i in range(k):
                 epoch = first_epoch + done + i + 1
                 if log_every and (epoch % log_every == 0 or done + i + 1 == epochs):
-                    line = _format(epoch, {key: float(v[i]) for key, v in chunk.items()})
+                    line = _format(epoch, {key: float(v[i]) for key, v in chunk.items()},
+                                   tuple(m.name for m in chosen))
                     (bar.write if bar is not None else print)(line)
             done += k
             if bar is not None:
                 bar.update(k)
                 bar.set_postfix(loss=f"{chunk['loss'][-1]:.4f}",
-                                acc=f"{chunk['accuracy'][-1]:.3f}")
+                                **{m.name: f"{chunk[m.name][-1]:.3f}" for m in chosen})
             if on_chunk is not None:
                 on_chunk(state, history)
     finally:

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from funcnn import backprop, losses, nn, optim
+from funcnn import losses, nn, optim
 
 Array = jax.Array
 
@@ -49,11 +49,11 @@ class Penalty:
         return sum(parts[1:], parts[0]) if parts else jnp.zeros(())
 
     def grad(self, params: Any) -> Any:
-        """Hand rule: ``l1 * sign(w) + 2 * l2 * w`` (see ``backprop.PENALTY_RULES``)."""
+        """Hand rule: ``l1 * sign(w) + 2 * l2 * w`` (``losses.l1.grad``, ``losses.l2.grad``)."""
         d1 = jax.tree.map(lambda c, sub: jax.tree.map(
-            lambda g: c * g, backprop.PENALTY_RULES[losses.l1](sub)), self.l1, params)
+            lambda g: c * g, losses.l1.grad(sub)), self.l1, params)
         d2 = jax.tree.map(lambda c, sub: jax.tree.map(
-            lambda g: c * g, backprop.PENALTY_RULES[losses.l2](sub)), self.l2, params)
+            lambda g: c * g, losses.l2.grad(sub)), self.l2, params)
         return jax.tree.map(lambda a, b: a + b, d1, d2)
 
 

@@ -1,0 +1,226 @@
+"""Metrics: what training reports besides the loss. Not differentiated, no rules.
+
+A metric is a named function ``(pred, target) -> scalar``, the batch mean. ``fit``,
+``evaluate`` and ``sweep.run`` take ``metrics=[...]``; without it they report the
+loss's natural metric (``loss.metric``: accuracy for the classification losses, MAE
+for the regression ones), and nothing else: no NaN placeholders.
+
+    fit(model, losses.mse, opt, state, x, y, epochs=5,
+        metrics=[metrics.accuracy, metrics.mae])        # Nielsen ch. 1: MSE + argmax
+    fit(..., metrics={"acc": metrics.regression_accuracy(np.std(y) / 250)})  # NNFS ch. 17
+
+A plain function works too; its ``__name__`` names the history column (pass a dict
+for a lambda).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from funcnn._checks import concrete
+
+Array = jax.Array
+
+__all__ = ["Metric", "accuracy", "binary_accuracy", "binary_accuracy_logits", "mae",
+           "regression_accuracy", "as_metrics", "compute", "check_same", "check_pred", "one_hot_targets", "poison"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Metric:
+    """A named metric ``fn(pred, target) -> scalar`` (the batch mean).
+
+    Metrics compare equal when name and function are the same, so passing the same
+    ones again reuses the compiled training program.
+    """
+
+    name: str
+    fn: Callable[[Array, Array], Array]
+
+    def __call__(self, pred: Array, target: Array) -> Array:
+        return self.fn(pred, target)
+
+
+# --------------------------------------------------------------------------------------
+# Label checks shared with the losses
+# --------------------------------------------------------------------------------------
+
+def check_pred(name: str, pred: Array, ndim: int | None = 2) -> None:
+    """Predictions must be a floating array (of rank ``ndim``: (batch, classes))."""
+    if not hasattr(pred, "shape"):
+        raise TypeError(f"{name}: predictions must be an array; got {type(pred).__name__}")
+    if ndim is not None and pred.ndim != ndim:
+        raise ValueError(f"{name}: expected predictions of shape (batch, classes); got "
+                         f"shape {tuple(pred.shape)}")
+    if not jnp.issubdtype(pred.dtype, jnp.floating):
+        raise TypeError(f"{name}: predictions must be floating point; got {pred.dtype}")
+
+
+def one_hot_targets(name: str, pred: Array, labels: Array) -> tuple[Array, Array]:
+    """Checks ``labels`` against ``pred`` (batch, classes) and returns ``(targets, ok)``.
+
+    ``labels`` are integer class indices of shape ``(batch,)`` or a one-hot / soft label
+    array of ``pred``'s shape. ``targets`` is the float target distribution; ``ok`` is a
+    scalar bool, false when a (traced) integer label is out of range.
+    """
+    labels = jnp.asarray(labels) if not hasattr(labels, "dtype") else labels
+    n, classes = pred.shape
+    if jnp.issubdtype(labels.dtype, jnp.integer):
+        if labels.shape != (n,):
+            raise ValueError(
+                f"{name}: integer labels must have shape (batch,) = ({n},) to match "
+                f"predictions of shape {tuple(pred.shape)}; got {tuple(labels.shape)}")
+        values = concrete(labels)
+        if values is not None and values.size and (values.min() < 0
+                                                   or values.max() >= classes):
+            bad = values[(values < 0) | (values >= classes)]
+            raise ValueError(
+                f"{name}: labels must be class indices in [0, {classes}); got "
+                f"{bad[:5].tolist()} (min {values.min()}, max {values.max()}). Check the "
+                "number of outputs of the last layer and the labels.")
+        ok = jnp.all((labels >= 0) & (labels < classes))
+        targets = (labels[:, None] == jnp.arange(classes)[None, :]).astype(pred.dtype)
+        return targets, ok
+    if jnp.issubdtype(labels.dtype, jnp.floating):
+        if labels.shape != pred.shape:
+            raise ValueError(
+                f"{name}: one-hot or soft labels must have the predictions' shape "
+                f"{tuple(pred.shape)}; got {tuple(labels.shape)}")
+        return labels.astype(pred.dtype), jnp.array(True)
+    raise TypeError(f"{name}: labels must be integer class indices or float one-hot/soft "
+                    f"labels; got dtype {labels.dtype}")
+
+
+def check_same(name: str, pred: Array, target: Array) -> Array:
+    """Predictions and targets of one shape; returns the target in ``pred``'s dtype."""
+    check_pred(name, pred, ndim=None)
+    target = jnp.asarray(target)
+    if pred.ndim == 0 or target.shape != pred.shape:
+        raise ValueError(f"{name}: predictions and targets must have the same batch-first "
+                         f"shape; got {tuple(pred.shape)} and {tuple(target.shape)}")
+    return target.astype(pred.dtype)
+
+
+def poison(value: Array, ok: Array) -> Array:
+    """``value`` where ``ok``, NaN elsewhere (for labels found invalid inside jit)."""
+    return jnp.where(ok, value, jnp.nan)
+
+
+# --------------------------------------------------------------------------------------
+# The metrics
+# --------------------------------------------------------------------------------------
+
+def _accuracy(pred: Array, labels: Array) -> Array:
+    check_pred("accuracy", pred)
+    labels = jnp.asarray(labels)
+    if pred.shape[1] == 1:
+        t = check_same("accuracy", pred, labels.reshape(pred.shape))
+        return jnp.mean(((pred > 0.5) == (t > 0.5)).astype(jnp.float32))
+    targets, ok = one_hot_targets("accuracy", pred, labels)
+    hit = jnp.argmax(pred, axis=-1) == jnp.argmax(targets, axis=-1)
+    return poison(jnp.mean(hit.astype(pred.dtype)), ok)
+
+
+#: Fraction of examples whose highest score is the true class. ``pred`` is (batch,
+#: classes) logits or probabilities; labels are integer classes or one-hot rows (their
+#: argmax is used). For one output column, a prediction counts as class 1 when it is
+#: above 0.5 (probabilities, as NNFS's binary accuracy).
+accuracy = Metric("accuracy", _accuracy)
+
+
+def _threshold_accuracy(threshold: float) -> Callable[[Array, Array], Array]:
+    def fn(pred, target):
+        t = check_same("binary_accuracy", pred, target)
+        return jnp.mean(((pred > threshold) == (t > 0.5)).astype(pred.dtype))
+    return fn
+
+
+#: Binary accuracy on probabilities (a sigmoid's output): ``pred > 0.5`` against
+#: ``target > 0.5``, over every output (NNFS chapter 16).
+binary_accuracy = Metric("accuracy", _threshold_accuracy(0.5))
+#: Binary accuracy on logits: ``pred > 0`` (``sigmoid(pred) > 0.5``) against ``target``.
+binary_accuracy_logits = Metric("accuracy", _threshold_accuracy(0.0))
+
+
+def _mae(pred: Array, target: Array) -> Array:
+    t = check_same("mae", pred, target)
+    return jnp.mean(jnp.abs(pred - t))
+
+
+#: Mean absolute error, ``mean(|pred - target|)`` (the regression losses' metric).
+mae = Metric("mae", _mae)
+
+
+def regression_accuracy(precision: float) -> Metric:
+    """NNFS chapter 17's regression "accuracy": the fraction of outputs within
+    ``precision`` of the target. The book takes ``precision = np.std(y_train) / 250``;
+    compute it once on the training targets and pass it here."""
+    p = concrete(precision)
+    if p is None or p.shape != () or not p > 0:
+        raise ValueError(f"regression_accuracy: precision must be a positive number, e.g. "
+                         f"np.std(y_train) / 250; got {precision!r}")
+    p = float(p)
+
+    def fn(pred, target):
+        t = check_same("regression_accuracy", pred, target)
+        return jnp.mean((jnp.abs(pred - t) < p).astype(pred.dtype))
+
+    return Metric("accuracy", fn)
+
+
+def as_metrics(metrics: Any, default: Metric | None, where: str) -> tuple[Metric, ...]:
+    """``metrics`` as a tuple of :class:`Metric` with distinct names.
+
+    ``None`` gives ``(default,)`` (or ``()``); a sequence may mix metrics and plain
+    functions (named by ``__name__``); a mapping names each function.
+    """
+    if metrics is None:
+        return () if default is None else (default,)
+    if isinstance(metrics, (Metric, str)) or callable(metrics):
+        metrics = [metrics]
+    if isinstance(metrics, Mapping):
+        items = [Metric(str(k), v.fn if isinstance(v, Metric) else v)
+                 for k, v in metrics.items()]
+    elif isinstance(metrics, Sequence):
+        items = []
+        for m in metrics:
+            if isinstance(m, Metric):
+                items.append(m)
+            elif callable(m):
+                name = getattr(m, "__name__", None)
+                if not name or name == "<lambda>":
+                    raise ValueError(f"{where}: cannot name the metric {m!r}; pass a dict "
+                                     "such as metrics={'my_metric': fn}")
+                items.append(Metric(name, m))
+            else:
+                raise TypeError(f"{where}: a metric must be a funcnn.metrics.Metric or a "
+                                f"function (pred, target) -> scalar; got {m!r}")
+    else:
+        raise TypeError(f"{where}: metrics must be a list of metrics or a dict of name -> "
+                        f"function; got {type(metrics).__name__}")
+    for m in items:
+        if not callable(m.fn):
+            raise TypeError(f"{where}: metric {m.name!r} is not a function: {m.fn!r}")
+    names = [m.name for m in items]
+    reserved = {"loss", "data_loss", "learning_rate"}
+    if dup := sorted({n for n in names if names.count(n) > 1} | (set(names) & reserved)):
+        raise ValueError(f"{where}: metric names must be distinct and not one of "
+                         f"{sorted(reserved)}; {dup} clash. Name them with a dict, e.g. "
+                         "metrics={'acc': metrics.accuracy, 'mae': metrics.mae}")
+    return tuple(items)
+
+
+def compute(metrics: tuple[Metric, ...], pred: Array, target: Array) -> dict[str, Array]:
+    """Every metric on one batch; a metric that does not return a scalar is an error."""
+    out = {}
+    for m in metrics:
+        v = jnp.asarray(m.fn(pred, target))
+        if v.shape != ():
+            raise ValueError(f"metric {m.name!r} must return a scalar (the batch mean); "
+                             f"it returned shape {tuple(v.shape)}")
+        out[m.name] = v
+    return out

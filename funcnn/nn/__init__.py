@@ -1,0 +1,55 @@
+"""Layers: each one value carrying ``init``, ``apply`` and its hand backward rule.
+
+A layer holds no weights. ``init`` makes them, ``apply`` uses them::
+
+    model = nn.serial(nn.dense(64), nn.relu(), nn.dense(3))
+    params = model.init(jax.random.key(0), (2,))   # one example's shape, no batch axis
+    logits = model.apply(params, x)                # x is batch-first: (N, 2)
+    y = model.apply(params, x, key=k, train=True)  # the same signature for every layer
+
+and ``backward_fn`` is the hand-derived rule that :mod:`funcnn.backprop` runs, written
+beside the forward code with its derivation (one file per concept: ``dense``,
+``activations``, ``dropout``, ``reshape``, ``combinators``). :class:`Layer` documents
+how to write your own; ``backprop.check`` verifies it.
+
+Layout is batch-first and ``y = x @ W + b`` with ``W`` of shape ``(in, out)``, as in
+stax and the NNFS book. Parameters are immutable pytrees: :class:`Dense` is a frozen
+dataclass, layers without weights hold :class:`NoParams`, and ``serial`` holds a tuple
+of its children's parameters. ``LAYERS`` lists the public constructors with a small
+instance each, so a test can check every one of them.
+"""
+
+from collections.abc import Callable
+
+from funcnn.nn.activations import (elementwise, identity, leaky_relu, relu, sigmoid, softmax,
+                                   softmax_fn, tanh)
+from funcnn.nn.combinators import residual, serial
+from funcnn.nn.dense import Dense, dense, initializers
+from funcnn.nn.dropout import dropout, dropout_mask
+from funcnn.nn.layer import (ApplyFn, BackwardFn, ForwardFn, InitFn, Layer, NoParams, Run,
+                             check_batch, layer_keys)
+from funcnn.nn.reshape import flatten
+from funcnn.nn.summary import summary
+
+__all__ = [
+    "Layer", "Dense", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "Run",
+    "serial", "residual", "dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax",
+    "identity", "dropout", "flatten", "elementwise", "summary", "initializers",
+    "dropout_mask", "softmax_fn", "check_batch", "layer_keys", "LAYERS",
+]
+
+# Every public layer constructor, with arguments for a small instance. The registry test
+# in tests/test_backprop.py runs backprop.check on each.
+LAYERS: dict[str, Callable[[], Layer]] = {
+    "dense": lambda: dense(3),
+    "relu": relu,
+    "leaky_relu": lambda: leaky_relu(0.1),
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "softmax": softmax,
+    "identity": identity,
+    "dropout": lambda: dropout(0.3),
+    "flatten": flatten,
+    "serial": lambda: serial(dense(3), relu()),
+    "residual": lambda: residual(serial(dense(4), tanh())),
+}

@@ -1,0 +1,94 @@
+"""Elementwise activations and softmax, each with its derivative beside it.
+
+Each rule gets the tape ``(x, y)`` (input and output) and ``dy = dL/dy`` and returns
+``(NoParams(), dx)``; an elementwise ``y = f(x)`` has ``dx = dy * f'(x)``, written with
+whichever of ``x`` or ``y`` makes ``f'`` cheapest.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from funcnn.nn.layer import Layer, NoParams, check_batch
+
+Array = jax.Array
+
+__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "identity", "softmax", "softmax_fn",
+           "elementwise"]
+
+
+def elementwise(name: str, fn: Callable[[Array], Array],
+                derivative: Callable[[Array, Array, Array], Array] | None, **config) -> Layer:
+    """A weightless layer ``y = fn(x)`` whose rule is ``dx = derivative(x, y, dy)``.
+
+    ``derivative=None`` makes a layer without a hand rule (for ``engine="mixed"``).
+    """
+    def init_fn(key, in_shape, dtype):
+        return in_shape, NoParams()
+
+    def apply_fn(params, x, key, train):
+        check_batch(name, x, None)
+        return fn(x)
+
+    def backward_fn(params, tape, dy, key, train):
+        x, y = tape
+        return NoParams(), derivative(x, y, dy)
+
+    return Layer(name, init_fn, apply_fn, None if derivative is None else backward_fn,
+                 config=config)
+
+
+def relu() -> Layer:
+    """``max(0, x)``, elementwise."""
+    # where(x > 0, x, 0) rather than maximum(x, 0): autodiff then takes slope 0 at
+    # x = 0, as the hand rule and NNFS do (maximum would split the tie as 0.5).
+    # Rule: slope 1 where x > 0, 0 elsewhere (0 at x = 0, as NNFS).
+    return elementwise("relu", lambda x: jnp.where(x > 0, x, 0),
+                       lambda x, y, dy: jnp.where(x > 0, dy, 0))
+
+
+def leaky_relu(negative_slope: float = 0.01) -> Layer:
+    """``x`` for ``x > 0`` and ``negative_slope * x`` otherwise."""
+    a = negative_slope
+    # Rule: slope 1 where x > 0, a elsewhere.
+    return elementwise("leaky_relu", lambda x: jnp.where(x > 0, x, a * x),
+                       lambda x, y, dy: jnp.where(x > 0, dy, a * dy),
+                       negative_slope=negative_slope)
+
+
+def sigmoid() -> Layer:
+    """``s(x) = 1 / (1 + exp(-x))``, elementwise."""
+    # ds/dx = e^-x / (1 + e^-x)^2 = s (1 - s): written with the output s = y.
+    return elementwise("sigmoid", jax.nn.sigmoid, lambda x, y, dy: dy * y * (1 - y))
+
+
+def tanh() -> Layer:
+    """``tanh(x)``, elementwise."""
+    # d tanh(x)/dx = 1 - tanh(x)^2 = 1 - y^2.
+    return elementwise("tanh", jnp.tanh, lambda x, y, dy: dy * (1 - y * y))
+
+
+def identity() -> Layer:
+    """The linear activation ``f(x) = x`` (NNFS's ``Activation_Linear``)."""
+    # y = x: the gradient passes through unchanged.
+    return elementwise("identity", lambda x: x, lambda x, y, dy: dy)
+
+
+def softmax_fn(x: Array) -> Array:
+    """``exp(x_i) / sum_j exp(x_j)`` over the last axis, with the row max subtracted
+    first: the same value, and ``exp`` never overflows."""
+    e = jnp.exp(x - jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True)))
+    return e / jnp.sum(e, axis=-1, keepdims=True)
+
+
+def softmax() -> Layer:
+    """``exp(x_i) / sum_j exp(x_j)`` over the last axis: scores to probabilities."""
+    # y_i = e^x_i / sum_k e^x_k has Jacobian dy_i/dx_j = y_i (delta_ij - y_j), so
+    #   dx_j = sum_i dy_i y_i (delta_ij - y_j) = y_j (dy_j - sum_i dy_i y_i),
+    # the Jacobian-vector product without the (C, C) Jacobian that NNFS builds with
+    # np.diagflat per sample.
+    return elementwise("softmax", softmax_fn,
+                       lambda x, y, dy: y * (dy - jnp.sum(dy * y, axis=-1, keepdims=True)))

@@ -1,0 +1,224 @@
+"""The layer type: one value carrying ``init``, ``apply`` and the hand backward rule.
+
+A layer is a description, not a container: it holds no weights. ``init`` makes the
+weights, ``apply`` uses them, and ``backward`` says how a gradient flows back through
+them, derived by hand::
+
+    dense(3) = Layer("dense",
+        init_fn     = (key, input_shape, dtype) -> (output_shape, Dense(w, b)),
+        apply_fn    = (params, x, key, train) -> x @ w + b,
+        backward_fn = (params, tape, dy, key, train) -> (Dense(x.T @ dy, sum(dy, 0)), dy @ w.T),
+    )
+
+The tape is what the forward pass left for the backward pass. By default it is
+``(x, y)``, the layer's input and output; a layer that wants to keep something else
+(a normaliser's ``1/rms``, dropout's mask) gives ``forward_fn``, which returns
+``(y, tape)``.
+
+A combinator (``serial``, ``residual``, a user's block) has ``children``. Its rules get
+one more argument, ``run``, through which they run their children's forward and
+backward passes: ``run.forward(child, params, x, key, train) -> (y, tape)`` and
+``run.backward(child, params, tape, dy, key, train) -> (dparams, dx)``. The children's
+tapes become part of the combinator's tape, so no rule ever recomputes a forward pass.
+``run`` also carries the engine's choice (strict hand rules, or ``jax.vjp`` for a child
+without a rule), which a combinator passes on without knowing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Shape = tuple[int, ...]
+
+__all__ = ["Layer", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "Run",
+           "layer_keys", "check_batch"]
+
+
+@dataclasses.dataclass(frozen=True)
+class NoParams:
+    """The (empty) parameters of a layer without weights, such as ``relu``."""
+
+
+jax.tree_util.register_dataclass(NoParams, data_fields=[], meta_fields=[])
+
+
+# --------------------------------------------------------------------------------------
+# The signatures of a layer's functions (shown by help(nn.Layer) and help(nn.BackwardFn))
+# --------------------------------------------------------------------------------------
+
+class InitFn(Protocol):
+    def __call__(self, key: Array, input_shape: Shape, dtype: Any) -> tuple[Shape, Any]:
+        """Makes the parameters for inputs of ``input_shape`` (one example, no batch
+        axis); returns ``(output_shape, params)``. ``params`` is a pytree of arrays
+        (``NoParams()`` for none)."""
+
+
+class ApplyFn(Protocol):
+    def __call__(self, params: Any, x: Array, key: Array | None, train: bool) -> Array:
+        """The forward computation on a batch-first ``x``. ``key`` is ``None`` unless a
+        layer draws random numbers (dropout); ``train`` is a Python bool."""
+
+
+class ForwardFn(Protocol):
+    def __call__(self, params: Any, x: Array, key: Array | None, train: bool
+                 ) -> tuple[Array, Any]:
+        """Optional: returns ``(y, tape)``, with ``y`` equal to ``apply_fn``'s output and
+        ``tape`` any pytree of arrays the backward rule needs. Without it the tape is
+        ``(x, y)``. A combinator's takes a fifth argument, ``run``."""
+
+
+class BackwardFn(Protocol):
+    def __call__(self, params: Any, tape: Any, dy: Array, key: Array | None, train: bool
+                 ) -> tuple[Any, Array]:
+        """The hand rule: from ``dy = dL/dy`` (the output's shape) returns
+        ``(dparams, dx)``: ``dL/dparams`` with exactly the structure, shapes and dtypes
+        of ``params``, and ``dL/dx`` with the input's shape and dtype. ``key`` and
+        ``train`` are those the forward pass got. A combinator's takes a sixth argument,
+        ``run``."""
+
+
+class Run(Protocol):
+    """What a combinator's rules call to run a child (given by the engine)."""
+
+    def forward(self, layer: Layer, params: Any, x: Array, key: Array | None,
+                train: bool) -> tuple[Array, Any]:
+        """The child's output and its tape."""
+
+    def backward(self, layer: Layer, params: Any, tape: Any, dy: Array,
+                 key: Array | None, train: bool) -> tuple[Any, Array]:
+        """The child's ``(dparams, dx)`` from its tape."""
+
+
+# --------------------------------------------------------------------------------------
+# The layer type
+# --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Layer:
+    """A layer: its name, ``init``, ``apply``, and its hand-derived backward rule.
+
+    Attributes:
+      name: for ``repr``, ``summary`` and error messages (nothing looks it up).
+      init_fn: ``(key, input_shape, dtype) -> (output_shape, params)``; shapes exclude
+        the batch axis (:class:`InitFn`).
+      apply_fn: ``(params, x, key, train) -> y``; ``x`` is batch-first (:class:`ApplyFn`).
+      backward_fn: the hand rule ``(params, tape, dy, key, train) -> (dparams, dx)``
+        (:class:`BackwardFn`), or ``None``: then ``engine="backprop"`` refuses the layer
+        and ``engine="mixed"`` differentiates ``apply_fn`` with ``jax.vjp``.
+      forward_fn: optional ``(params, x, key, train) -> (y, tape)`` (:class:`ForwardFn`)
+        when the rule wants a tape other than ``(x, y)``.
+      config: the layer's fixed settings (e.g. ``{"rate": 0.1}``) for ``repr``.
+      children: the sub-layers of a combinator; then ``forward_fn`` and ``backward_fn``
+        take a last argument ``run`` (:class:`Run`) to run them.
+
+    Layers compare and hash by identity, so they can be static arguments of ``jit``.
+    ``dataclasses.replace(layer, backward_fn=...)`` makes a variant (a test's mutant).
+    """
+
+    name: str
+    init_fn: InitFn
+    apply_fn: ApplyFn
+    backward_fn: BackwardFn | None = None
+    forward_fn: ForwardFn | None = None
+    config: dict = dataclasses.field(default_factory=dict)
+    children: tuple[Layer, ...] = ()
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name:
+            raise TypeError(f"Layer: name must be a non-empty string; got {self.name!r}")
+        for field in ("init_fn", "apply_fn"):
+            if not callable(getattr(self, field)):
+                raise TypeError(f"Layer {self.name!r}: {field} must be a function; got "
+                                f"{getattr(self, field)!r}")
+        for field in ("backward_fn", "forward_fn"):
+            v = getattr(self, field)
+            if v is not None and not callable(v):
+                raise TypeError(f"Layer {self.name!r}: {field} must be a function or None; "
+                                f"got {v!r}")
+        object.__setattr__(self, "children", tuple(self.children))
+        for i, c in enumerate(self.children):
+            if not isinstance(c, Layer):
+                raise TypeError(f"Layer {self.name!r}: child {i} is {c!r}, not a layer; "
+                                "did you write nn.relu instead of nn.relu()?")
+        if self.children and self.backward_fn is not None and self.forward_fn is None:
+            raise TypeError(f"Layer {self.name!r}: a combinator with a backward rule needs "
+                            "a forward_fn that keeps its children's tapes (see nn.residual)")
+
+    @property
+    def has_rule(self) -> bool:
+        """Whether this layer has a hand rule (its children may still lack one)."""
+        return self.backward_fn is not None
+
+    def init(self, key: Array, input_shape: Sequence[int], dtype: Any = jnp.float32) -> Any:
+        """Creates this layer's parameters for inputs of ``input_shape`` (no batch axis)."""
+        return self.init_with_shape(key, input_shape, dtype)[1]
+
+    def init_with_shape(self, key: Array, input_shape: Sequence[int],
+                        dtype: Any = jnp.float32) -> tuple[Shape, Any]:
+        """Like :meth:`init`, also returning the output shape (no batch axis)."""
+        input_shape = _as_shape(input_shape, self.name)
+        return self.init_fn(key, input_shape, jnp.dtype(dtype))
+
+    def output_shape(self, input_shape: Sequence[int]) -> Shape:
+        """The output shape for one example of ``input_shape``, computed without FLOPs."""
+        shapes = []
+
+        def init_only(k):
+            shape, params = self.init_with_shape(k, input_shape)
+            shapes.append(shape)
+            return params
+
+        jax.eval_shape(init_only, jax.random.key(0))
+        return shapes[0]
+
+    def apply(self, params: Any, x: Array, *, key: Array | None = None,
+              train: bool = False) -> Array:
+        """Runs the layer on a batch ``x``; ``key`` feeds dropout when ``train`` is true."""
+        return self.apply_fn(params, x, key, train)
+
+    def __call__(self, params: Any, x: Array, *, key: Array | None = None,
+                 train: bool = False) -> Array:
+        return self.apply(params, x, key=key, train=train)
+
+    def __repr__(self) -> str:
+        if self.children:
+            inner = ", ".join(repr(c) for c in self.children)
+            return f"{self.name}({inner})"
+        args = ", ".join(f"{k}={v!r}" for k, v in self.config.items() if not callable(v))
+        return f"{self.name}({args})"
+
+
+def _as_shape(shape: Any, name: str) -> Shape:
+    try:
+        shape = tuple(int(d) for d in shape)
+    except TypeError:
+        raise TypeError(f"{name}.init: input_shape must be a tuple of ints for ONE "
+                        f"example (no batch axis), e.g. (2,) or (28, 28); got {shape!r}"
+                        ) from None
+    if any(d <= 0 for d in shape):
+        raise ValueError(f"{name}.init: input_shape must have positive sizes; got {shape}")
+    return shape
+
+
+def check_batch(name: str, x: Array, example_ndim: int | None) -> None:
+    """Checks that ``x`` is an array with one batch axis before ``example_ndim`` axes."""
+    if not hasattr(x, "shape"):
+        raise TypeError(f"{name}: expected an array, got {type(x).__name__}")
+    if example_ndim is not None and x.ndim != example_ndim + 1:
+        raise ValueError(
+            f"{name}: expected a batch-first input of rank {example_ndim + 1} (batch axis "
+            f"first, then {example_ndim} feature axes); got shape {tuple(x.shape)}. "
+            "Add a batch axis with x[None] for one example.")
+
+
+def layer_keys(key: Array | None, n: int) -> list[Array | None]:
+    """Splits ``key`` into one key per sub-layer (``None`` stays ``None``)."""
+    if key is None:
+        return [None] * n
+    return list(jax.random.split(key, n))
