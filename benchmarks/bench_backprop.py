@@ -13,6 +13,11 @@ over all leaves). Timing interleaves the contenders (hand, jax, jax, hand, ...) 
 reports the median time per call and the ratio hand/jax (target <= 1.0): both the ratio
 of the medians and the median of the round-by-round ratios, which cancels slow drift.
 ``--dump-hlo DIR`` writes every compiled HLO module, for comparing what XLA runs.
+
+A second table times ``backprop.check`` (the gradient checker, float64, both train and
+eval modes) on small layers: cold (a fresh layer object, so compiling included, as a
+user's first call) and warm (the same layer again, another seed). Target: a small layer
+checks in under 2 s cold.
 """
 
 from __future__ import annotations
@@ -73,6 +78,33 @@ def _max_rel_err(a, b) -> float:
     return err
 
 
+def _check_times():
+    """Seconds for backprop.check on small layers: cold (fresh layer) and warm."""
+    cases = [
+        ("dense(16) (8,)", lambda: nn.dense(16), (8,)),
+        ("serial(dense(8), tanh, dense(4)) (6,)",
+         lambda: nn.serial(nn.dense(8), nn.tanh(), nn.dense(4)), (6,)),
+        ("residual(serial(dense(16), relu, dropout)) (16,)",
+         lambda: nn.residual(nn.serial(nn.dense(16), nn.relu(), nn.dropout(0.2))), (16,)),
+        ("softmax (10,)", nn.softmax, (10,)),
+    ]
+    rows = []
+    for name, ctor, shape in cases:
+        cold = []
+        for seed in range(3):
+            layer = ctor()
+            t0 = time.perf_counter()
+            result = backprop.check(layer, input_shape=shape, seed=seed)
+            cold.append(time.perf_counter() - t0)
+        warm = []
+        for seed in range(3, 13):
+            t0 = time.perf_counter()
+            backprop.check(layer, input_shape=shape, seed=seed)
+            warm.append(time.perf_counter() - t0)
+        rows.append((name, float(np.median(cold)), float(np.median(warm)), result.fd_points))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeat", type=int, default=200,
@@ -112,6 +144,9 @@ def main(argv=None) -> int:
                        "paired hand/jax", "max rel err"])
     print(f"\n(median per call over {args.repeat} interleaved rounds; "
           f"total {time.perf_counter() - start:.1f} s)")
+    print()
+    print_table(_check_times(), ["layer (input shape)", "check cold s", "check warm s",
+                                 "fd points"])
     if worst_err > 1e-4:
         print(f"WARNING: hand and jax.grad gradients differ (max rel err {worst_err:.1e})",
               file=sys.stderr)
