@@ -10,6 +10,7 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.backprop`: the driver that runs those rules (and ``check``, the gradient
   checker in :mod:`funcnn.gradcheck`; ``as_custom_vjp``, the bridge to ``jax.grad``).
 - :mod:`funcnn.optim`: hand-written optimizers and schedules, optax-shaped.
+- :mod:`funcnn.diagnostics`: gradient-flow diagnostics (Nielsen ch. 5) recorded in ``fit``.
 - :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
 - :mod:`funcnn.sweep`: many configurations trained as one compiled program.
 - :mod:`funcnn.checkpoint`: save and load pytrees without pickle.
@@ -17,9 +18,10 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.book`: the NNFS book's set-ups, reproduced exactly.
 """
 
-from funcnn import (backprop, book, checkpoint, data, experiment, gradcheck, losses, metrics, nn,
-                    optim, sweep, train)
+from funcnn import (backprop, book, checkpoint, data, diagnostics, experiment, gradcheck, losses,
+                    metrics, nn, optim, sweep, train)
 
 __version__ = "0.1.0"
-__all__ = ["data", "nn", "metrics", "losses", "backprop", "gradcheck", "optim", "train",
+__all__ = ["data", "nn", "metrics", "losses", "backprop", "gradcheck", "optim", "diagnostics",
+           "train",
            "sweep", "checkpoint", "experiment", "book", "__version__"]

@@ -34,7 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import numpy as np
+import jax.numpy as jnp
 
 from funcnn import nn
 from funcnn.losses import Loss
@@ -42,7 +42,8 @@ from funcnn.losses import Loss
 Array = jax.Array
 
 __all__ = ["forward", "backward", "grad", "value_and_grad", "as_custom_vjp", "check",
-           "Tape", "MissingRuleError", "RuleError", "ENGINES", "missing_rules"]
+           "Tape", "layer_stats", "MissingRuleError", "RuleError", "ENGINES",
+           "missing_rules", "loss_value_and_grad"]
 
 ENGINES = ("backprop", "mixed", "jax")
 _WAYS_OUT = ("give it a hand rule (see 'Your own layer or loss' in the README; verify it "
@@ -65,17 +66,38 @@ class Tape:
 
     ``inner`` is the rule's own tape (``(x, y)`` by default; a ``jax.vjp`` function when
     the mixed engine stood in for a missing rule); the input's shape and dtype are kept
-    to check the rule's ``dx``.
+    to check the rule's ``dx``. ``stats`` holds the layer's ``stats_fn`` results when
+    the forward pass was asked for them (diagnostics).
     """
 
     inner: Any
     x_shape: tuple[int, ...]
     x_dtype: Any
     by_vjp: bool = False
+    stats: dict | None = None
 
 
-jax.tree_util.register_dataclass(Tape, data_fields=["inner"],
+jax.tree_util.register_dataclass(Tape, data_fields=["inner", "stats"],
                                  meta_fields=["x_shape", "x_dtype", "by_vjp"])
+
+
+def layer_stats(tape: Tape) -> dict[str, Array]:
+    """Every layer's ``stats_fn`` results in a tape, keyed ``name + path``: the path of
+    the layer as in its parameters (``"saturation[1]"`` for the second layer of a
+    ``serial``). Empty unless the forward pass ran with ``stats=True``."""
+    out = {}
+
+    def walk(t, prefix):
+        for name, value in (t.stats or {}).items():
+            out[f"{name}{prefix}"] = value
+        children = jax.tree_util.tree_flatten_with_path(
+            t.inner, is_leaf=lambda n: isinstance(n, Tape))[0]
+        for path, child in children:
+            if isinstance(child, Tape):
+                walk(child, prefix + jax.tree_util.keystr(path))
+
+    walk(tape, "")
+    return out
 
 
 def missing_rules(layer: nn.Layer) -> list[nn.Layer]:
@@ -90,6 +112,7 @@ class _Run:
     """The engine: runs rules (and, if ``mixed``, ``jax.vjp`` for missing ones)."""
 
     mixed: bool
+    stats: bool = False
 
     def forward(self, layer: nn.Layer, params: Any, x: Array, key: Array | None = None,
                 train: bool = False) -> tuple[Array, Tape]:
@@ -98,7 +121,7 @@ class _Run:
                 raise MissingRuleError(f"backprop: layer {layer!r} has no hand-derived "
                                        f"backward rule; {_WAYS_OUT}.")
             y, vjp = jax.vjp(lambda p, xx: layer.apply_fn(p, xx, key, train), params, x)
-            return y, Tape(vjp, tuple(x.shape), x.dtype, True)
+            return y, Tape(vjp, tuple(x.shape), x.dtype, True, self._stats(layer, (x, y)))
         if layer.forward_fn is None:
             y = layer.apply_fn(params, x, key, train)
             inner = (x, y)
@@ -106,7 +129,10 @@ class _Run:
             y, inner = layer.forward_fn(params, x, key, train, self)
         else:
             y, inner = layer.forward_fn(params, x, key, train)
-        return y, Tape(inner, tuple(x.shape), x.dtype)
+        return y, Tape(inner, tuple(x.shape), x.dtype, False, self._stats(layer, inner))
+
+    def _stats(self, layer, tape):
+        return layer.stats_fn(tape) if self.stats and layer.stats_fn is not None else None
 
     def backward(self, layer: nn.Layer, params: Any, tape: Tape, dy: Array,
                  key: Array | None = None, train: bool = False) -> tuple[Any, Array]:
@@ -134,30 +160,36 @@ def _checked(layer: nn.Layer, params: Any, tape: Tape, out: Any) -> tuple[Any, A
         raise RuleError(f"{where} returned dparams with structure {got}, but the parameters "
                         f"have structure {want}; return the same pytree (e.g. nn.Dense(w=..., "
                         "b=...), or nn.NoParams() for a layer without weights)")
-    for (path, p), g in zip(jax.tree_util.tree_flatten_with_path(params)[0],
-                            jax.tree.leaves(dparams)):
-        _same_aval(where, f"dparams{jax.tree_util.keystr(path)}", g, p.shape, p.dtype)
-    _same_aval(where, "dx", dx, tape.x_shape, tape.x_dtype)
-    return dparams, dx
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    dparams = jax.tree.unflatten(want, [
+        _same_shape(where, f"dparams{jax.tree_util.keystr(path)}", g, p.shape, p.dtype,
+                    "parameter") for (path, p), g in zip(flat, jax.tree.leaves(dparams))])
+    return dparams, _same_shape(where, "dx", dx, tape.x_shape, tape.x_dtype, "input")
 
 
-def _same_aval(where: str, what: str, g: Any, shape: tuple, dtype: Any) -> None:
+def _same_shape(where: str, what: str, g: Any, shape: tuple, dtype: Any, of: str) -> Array:
+    """``g`` if it has ``shape``; cast to the primal's float ``dtype`` as JAX casts
+    cotangents (a float64 input into float32 weights gives float64 products)."""
     if not hasattr(g, "shape") or not hasattr(g, "dtype"):
         raise RuleError(f"{where} returned {what} = {g!r}, not an array")
-    if tuple(g.shape) != tuple(shape) or g.dtype != dtype:
-        raise RuleError(f"{where} returned {what} of shape {tuple(g.shape)} and dtype "
-                        f"{g.dtype}; it must match the {'input' if what == 'dx' else 'parameter'}"
-                        f": shape {tuple(shape)}, dtype {np.dtype(dtype).name}")
+    if tuple(g.shape) != tuple(shape):
+        raise RuleError(f"{where} returned {what} of shape {tuple(g.shape)}; it must have "
+                        f"the shape of the {of}, {tuple(shape)}")
+    if g.dtype != dtype and jnp.issubdtype(dtype, jnp.inexact):
+        g = g.astype(dtype)
+    return g
 
 
 def forward(layer: nn.Layer, params: Any, x: Array, key: Array | None = None,
-            train: bool = False, *, engine: str = "backprop") -> tuple[Array, Tape]:
+            train: bool = False, *, engine: str = "backprop", stats: bool = False,
+            ) -> tuple[Array, Tape]:
     """Runs ``layer`` forward, returning its output and the tape its backward needs.
 
     The output is computed by the layer's own ``apply_fn`` (or ``forward_fn``), so the
-    forward math lives in one place.
+    forward math lives in one place. ``stats=True`` also records each layer's
+    ``stats_fn`` (read them with :func:`layer_stats`).
     """
-    return _run(engine).forward(layer, params, x, key, train)
+    return _run(engine, stats).forward(layer, params, x, key, train)
 
 
 def backward(layer: nn.Layer, params: Any, tape: Tape, dy: Array, key: Array | None = None,
@@ -170,11 +202,11 @@ def backward(layer: nn.Layer, params: Any, tape: Tape, dy: Array, key: Array | N
                                                                   key, train)
 
 
-def _run(engine: str) -> _Run:
+def _run(engine: str, stats: bool = False) -> _Run:
     if engine not in ("backprop", "mixed"):
         raise ValueError(f"backprop: engine must be 'backprop' or 'mixed' (for 'jax' use "
                          f"jax.grad); got {engine!r}")
-    return _Run(engine == "mixed")
+    return _Run(engine == "mixed", stats)
 
 
 def loss_value_and_grad(loss: Callable, engine: str = "backprop") -> Callable:
@@ -183,10 +215,10 @@ def loss_value_and_grad(loss: Callable, engine: str = "backprop") -> Callable:
     _run(engine)
     if isinstance(loss, Loss) and loss.grad is not None:
         def f(pred, target):
-            g = loss.grad(pred, target)
-            _same_aval(f"backprop: the gradient of {loss!r}", "dL/dpred", g, pred.shape,
-                       pred.dtype)
-            return loss.value(pred, target), g
+            value = loss.value(pred, target)  # checks the shapes of pred and target first
+            g = _same_shape(f"backprop: the gradient rule of {loss!r}", "dL/dpred",
+                            loss.grad(pred, target), pred.shape, pred.dtype, "predictions")
+            return value, g
         return f
     if not callable(loss):
         raise TypeError(f"backprop: loss must be a losses.Loss or a function "
@@ -201,19 +233,22 @@ def loss_value_and_grad(loss: Callable, engine: str = "backprop") -> Callable:
 
 
 def value_and_grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop",
-                   return_output: bool = False) -> Callable:
+                   return_output: bool = False, return_stats: bool = False) -> Callable:
     """``f(params, x, y, *, key=None, train=False) -> (loss, grads)``, by hand.
 
     One forward pass records every layer's tape, the loss's ``grad`` gives
     ``dL/d(output)``, and the layers' rules run last to first. ``grads`` has exactly
     the pytree structure of ``params``. With ``return_output=True`` it returns
     ``((loss, output), grads)``, like ``jax.value_and_grad(..., has_aux=True)``, so a
-    training loop gets the predictions for its metrics without a second forward pass.
-    ``engine="mixed"`` lets layers and losses without a rule through (``jax.vjp``).
+    training loop gets the predictions for its metrics without a second forward pass;
+    ``return_stats=True`` gives ``((loss, output, stats), grads)`` with the layers'
+    diagnostics (:func:`layer_stats`). ``engine="mixed"`` lets layers and losses without
+    a rule through (``jax.vjp``).
     """
-    run = _run(engine)
+    run = _run(engine, return_stats)
     if not run.mixed and (missing := missing_rules(model)):
-        raise MissingRuleError(f"backprop: {', '.join(map(repr, missing))} in {model!r} "
+        where = "" if missing == [model] else f" in {model!r}"
+        raise MissingRuleError(f"backprop: {', '.join(map(repr, missing))}{where} "
                                f"{'has' if len(missing) == 1 else 'have'} no hand-derived "
                                f"backward rule; {_WAYS_OUT}.")
     loss_vg = loss_value_and_grad(loss, engine)
@@ -222,6 +257,8 @@ def value_and_grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop",
         out, tape = run.forward(model, params, x, key, train)
         value, dout = loss_vg(out, y)
         grads, _ = run.backward(model, params, tape, dout, key, train)
+        if return_stats:
+            return (value, out, layer_stats(tape)), grads
         return ((value, out), grads) if return_output else (value, grads)
 
     return f
@@ -244,10 +281,16 @@ def as_custom_vjp(layer_or_loss: nn.Layer | Loss, *, train: bool = False) -> Cal
     For a layer: ``f(params, x, key=None) = layer.apply(params, x, key=key, train=train)``;
     for a loss: ``f(pred, target) = loss(pred, target)``. Differentiating ``f`` with
     ``jax.grad`` / ``jax.vjp`` (inside Flax, Equinox, optax code) calls the hand rule,
-    not autodiff of the forward code. ``key`` and integer targets get no gradient.
+    not autodiff of the forward code. ``train`` is fixed when wrapping (Flax's
+    ``deterministic`` / Equinox's ``inference`` flag: wrap once for each mode). ``key``
+    and integer targets get no gradient; float targets (soft labels, distillation) get
+    ``jax.vjp``'s, as the hand rules give only ``dL/dpred``.
     """
     if isinstance(layer_or_loss, Loss):
         loss = layer_or_loss
+        if loss.grad is None:
+            raise MissingRuleError(f"as_custom_vjp: {loss!r} has no hand gradient to hand "
+                                   "to jax.grad; differentiate loss.value directly instead")
         vg = loss_value_and_grad(loss)
 
         @jax.custom_vjp
@@ -256,10 +299,14 @@ def as_custom_vjp(layer_or_loss: nn.Layer | Loss, *, train: bool = False) -> Cal
 
         def fwd_loss(pred, target):
             value, g = vg(pred, target)
-            return value, g
+            return value, (g, pred, target)
 
-        def bwd_loss(g, ct):
-            return g * ct, None
+        def bwd_loss(res, ct):
+            g, pred, target = res
+            if not jnp.issubdtype(target.dtype, jnp.inexact):
+                return g * ct, None
+            _, vjp_target = jax.vjp(lambda t: loss.value(pred, t), target)
+            return g * ct, vjp_target(ct)[0]
 
         f_loss.defvjp(fwd_loss, bwd_loss)
         return f_loss

@@ -5,17 +5,18 @@ For a layer, with random ``params``, input ``x`` and output gradient ``dy``, the
 ``(dparams, dx) = backward(dy)``. The check compares
 
 1. the hand rule with ``jax.vjp`` of the same ``apply`` (relative ``rtol``, 1e-10): they
-   must agree to rounding, including at kinks, where both follow the same convention
-   (ReLU's slope 0 at 0, max-pooling's first maximum);
+   must agree to rounding, including at kinks, where a rule must follow the convention
+   its forward code gives autodiff (ReLU written as ``where(x > 0, x, 0)``: slope 0 at 0);
 2. both with central finite differences ``(f(t + h e) - f(t - h e)) / 2h``, for every
    element of a small leaf and along random unit directions for a large one.
 
-Finite differences are meaningless on a kink (ReLU at 0, a pooling tie), where the
+Finite differences are meaningless on a kink (ReLU at 0, a tie in a max), where the
 one-sided slopes differ. Such points are found by comparing the one-sided differences;
 when the check drew the inputs itself it draws again (nudging away from the kink), and
 when you passed them (to test a kink on purpose) it skips finite differences there but
 still holds the rule to ``jax.vjp``. A loss is checked the same way with
-``f(pred) = loss(pred, target)``.
+``f(pred) = loss(pred, target)``, a penalty (``losses.l1``, ``l2``) with
+``f(tree) = penalty(tree)``.
 
 On failure it raises :class:`GradientCheckError` naming the parameter or input, the
 worst element, both values and the error.
@@ -33,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import backprop, nn
-from funcnn.losses import Loss
+from funcnn.losses import Loss, Regularizer
 
 Array = jax.Array
 
@@ -52,7 +53,8 @@ class CheckResult:
     vjp_error: float          # max |hand - jax.vjp| / max |jax.vjp|
     fd_error: float           # max |hand - finite differences| / max |hand|
     fd_points: int            # finite-difference comparisons made
-    kinks_skipped: int        # comparisons skipped on a kink (only for inputs you gave)
+    kinks_skipped: int        # comparisons skipped on a kink (inputs you gave, or drawn
+                              # ones still on a kink after max_redraws)
     redraws: int              # times the inputs were drawn again to leave a kink
 
     def __str__(self) -> str:
@@ -85,6 +87,8 @@ def _scalar(target, train, primals, aux):
     if isinstance(target, Loss):
         (pred,), (t,) = primals, aux
         return target.value(pred, t)
+    if isinstance(target, Regularizer):
+        return target.value(primals[0])
     (params, x), (dy, key) = primals, aux
     return jnp.sum(dy * target.apply_fn(params, x, key, train))
 
@@ -94,6 +98,8 @@ def _gradients(target, train, primals, aux):
     if isinstance(target, Loss):
         (pred,), (t,) = primals, aux
         hand = (backprop.loss_value_and_grad(target)(pred, t)[1],)
+    elif isinstance(target, Regularizer):
+        hand = (target.grad(primals[0]),)
     else:
         (params, x), (dy, key) = primals, aux
         run = backprop._run("backprop")
@@ -143,7 +149,7 @@ def check(target: nn.Layer | Loss, x: Any = None, y: Any = None, *,
     examples; ``params`` default to ``layer.init`` in float64; ``train=None`` checks
     both modes (dropout), each with a fixed key.
     Loss: ``check(loss, pred, target)`` (``pred`` in the loss's domain: logits,
-    probabilities, ...).
+    probabilities, ...). Penalty: ``check(losses.l2, params)``.
 
     Args:
       seed: draws params, inputs, ``dy`` and keys; checks pass for every seed.
@@ -160,8 +166,18 @@ def check(target: nn.Layer | Loss, x: Any = None, y: Any = None, *,
         if isinstance(target, Loss):
             return _check_loss(target, x, y, seed, rtol, fd_rtol, eps, max_elements,
                                directions)
+        if isinstance(target, Regularizer):
+            if x is None:
+                raise ValueError(f"check({target!r}): pass the parameter tree: "
+                                 "check(penalty, params)")
+            tree = _f64(x)
+            labels = [f"params{jax.tree_util.keystr(p)}" for p, _ in
+                      jax.tree_util.tree_flatten_with_path(tree)[0]]
+            v, g, n, kinks = _compare(target, (False,), (tree,), (), labels, repr(target),
+                                      rtol, fd_rtol, eps, max_elements, directions, seed)
+            return CheckResult(repr(target), v, g, n, kinks, 0)
         if not isinstance(target, nn.Layer):
-            raise TypeError(f"check: expected an nn.Layer or a losses.Loss; got "
+            raise TypeError(f"check: expected an nn.Layer, a losses.Loss or a penalty; got "
                             f"{type(target).__name__} (a plain loss function has no rule "
                             "to check: wrap it as losses.Loss(name, value, grad))")
         if missing := backprop.missing_rules(target):

@@ -128,8 +128,15 @@ def log_softmax(z: Array) -> Array:
     return z - (m + jnp.log(jnp.sum(jnp.exp(z - m), axis=-1, keepdims=True)))
 
 
+def _clip(p: Array) -> Array:
+    """``p`` clipped to ``[CLIP, 1 - CLIP]``, written so that its slope is 1 on the closed
+    interval and 0 outside: the rules' convention, which ``jax.grad`` then follows too
+    (``jnp.clip`` would halve it on the boundary, where float32 sigmoids do land)."""
+    return jnp.where(p < CLIP, CLIP, jnp.where(p > 1 - CLIP, 1 - CLIP, p)).astype(p.dtype)
+
+
 def _clip_mask(p: Array) -> Array:
-    # jnp.clip passes the gradient through inside [CLIP, 1 - CLIP] and blocks it outside.
+    # The slope of _clip: 1 inside [CLIP, 1 - CLIP] (boundary included), 0 outside.
     return (p >= CLIP) & (p <= 1 - CLIP)
 
 
@@ -161,7 +168,7 @@ labels) or soft labels. Computed through ``log_softmax``; never clipped."""
 def _cce_value(probs, labels):
     check_pred("categorical_cross_entropy", probs)
     targets, ok = one_hot_targets("categorical_cross_entropy", probs, labels)
-    clipped = jnp.clip(probs, min=CLIP, max=1 - CLIP)
+    clipped = _clip(probs)
     return poison(batch_mean(-jnp.sum(targets * jnp.log(clipped), axis=1)), ok)
 
 
@@ -169,7 +176,7 @@ def _cce_value(probs, labels):
 # it is.
 def _cce_grad(p, labels):
     t, ok = one_hot_targets("categorical_cross_entropy", p, labels)
-    pc = jnp.clip(p, min=CLIP, max=1 - CLIP)
+    pc = _clip(p)
     return poison(jnp.where(_clip_mask(p), -t / pc, 0) / p.shape[0], ok)
 
 
@@ -181,7 +188,7 @@ categorical_cross_entropy = Loss("categorical_cross_entropy", _cce_value, _cce_g
 
 def _bce_value(probs, targets):
     t = check_same("binary_cross_entropy", probs, targets)
-    p = jnp.clip(probs, min=CLIP, max=1 - CLIP)
+    p = _clip(probs)
     return -jnp.mean(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
 
 
@@ -189,7 +196,7 @@ def _bce_value(probs, targets):
 # p is clipped.
 def _bce_grad(p, t):
     t = t.astype(p.dtype)
-    pc = jnp.clip(p, min=CLIP, max=1 - CLIP)
+    pc = _clip(p)
     return jnp.where(_clip_mask(p), -(t / pc - (1 - t) / (1 - pc)) / p.size, 0)
 
 

@@ -175,8 +175,9 @@ def regression_accuracy(precision: float) -> Metric:
 def as_metrics(metrics: Any, default: Metric | None, where: str) -> tuple[Metric, ...]:
     """``metrics`` as a tuple of :class:`Metric` with distinct names.
 
-    ``None`` gives ``(default,)`` (or ``()``); a sequence may mix metrics and plain
-    functions (named by ``__name__``); a mapping names each function.
+    ``None`` gives ``(default,)`` (or ``()``); a sequence may mix metrics, losses
+    (reported under their name: ``losses.mse`` as ``"mse"``) and plain functions (named
+    by ``__name__``); a mapping names each function.
     """
     if metrics is None:
         return () if default is None else (default,)
@@ -190,6 +191,8 @@ def as_metrics(metrics: Any, default: Metric | None, where: str) -> tuple[Metric
         for m in metrics:
             if isinstance(m, Metric):
                 items.append(m)
+            elif hasattr(m, "value") and hasattr(m, "name") and callable(m):  # a Loss
+                items.append(Metric(m.name, m.value))
             elif callable(m):
                 name = getattr(m, "__name__", None)
                 if not name or name == "<lambda>":

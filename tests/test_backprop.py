@@ -338,7 +338,7 @@ ACTS = [nn.relu, lambda: nn.leaky_relu(0.2), nn.sigmoid, nn.tanh, nn.identity,
         lambda: nn.residual(nn.serial(nn.tanh(), nn.dropout(0.1)))]
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=16, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(loss_name=st.sampled_from(LOSS_CASES),
        widths=st.lists(st.integers(1, 6), min_size=0, max_size=4),
        act_ids=st.lists(st.integers(0, len(ACTS) - 1), min_size=4, max_size=4),

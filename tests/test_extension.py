@@ -148,8 +148,8 @@ def test_rule_with_wrong_structure_or_shape_is_a_clear_error_at_trace_time():
         nn.Dense(t[0].T @ dy, jnp.sum(dy, 0).astype(jnp.float32)), dy @ p.w.T))
     model_of = lambda layer: nn.serial(nn.dense(4), layer)  # noqa: E731
     cases = [(wrong_tree, r"dparams with structure .* parameters have structure"),
-             (wrong_shape, r"returned dx of shape \(\d+, 3\).*input: shape \(\d+, 4\)"),
-             (wrong_dtype, r"dparams\.b of shape \(3,\) and dtype float32.*float64")]
+             (wrong_shape, r"returned dx of shape \(\d+, 3\); it must have the shape of "
+                           r"the input, \(\d+, 4\)")]
     for layer, match in cases:
         params = model_of(layer).init(jax.random.key(0), (2,), F64)
         f = jax.jit(backprop.grad(model_of(layer), SCE))
@@ -157,6 +157,10 @@ def test_rule_with_wrong_structure_or_shape_is_a_clear_error_at_trace_time():
             jax.eval_shape(f, params, X64, Y)  # tracing is enough: no XLA error
         with pytest.raises(gradcheck.GradientCheckError, match=match):
             backprop.check(layer, input_shape=(4,))
+    # A rule computing in float32 is cast back to float64 as JAX casts cotangents, and
+    # the checker sees the precision it lost.
+    with pytest.raises(gradcheck.GradientCheckError, match=r"params\.b disagrees with jax\.vjp"):
+        backprop.check(wrong_dtype, input_shape=(4,))
 
 
 def test_combinator_without_forward_rule_is_refused():
@@ -291,3 +295,68 @@ def test_bad_metrics_are_clear_errors():
         _fit(model, SCE, "backprop", metrics=["accuracy"])
     with pytest.raises(ValueError, match="precision must be a positive number"):
         metrics.regression_accuracy(0.0)
+
+
+# --------------------------------------------------------------------------------------
+# Edges found in review
+# --------------------------------------------------------------------------------------
+
+def test_as_custom_vjp_of_a_loss_differentiates_float_targets():
+    p = jnp.array([[0.5, 1.0], [2.0, -1.0]], F64)
+    t = jnp.array([[1.0, 2.0], [0.0, 3.0]], F64)
+    f = backprop.as_custom_vjp(losses.mse)
+    g_p, g_t = jax.grad(f, argnums=(0, 1))(p, t)
+    a_p, a_t = jax.grad(losses.mse.value, argnums=(0, 1))(p, t)
+    np.testing.assert_allclose(g_p, a_p, rtol=1e-15)
+    np.testing.assert_allclose(g_t, a_t, rtol=1e-15)
+
+
+def test_wrong_target_shape_is_blamed_on_the_targets_not_the_rule():
+    with pytest.raises(ValueError, match="predictions and targets must have the same"):
+        backprop.loss_value_and_grad(losses.mse)(jnp.ones((4, 1)), jnp.ones((4,)))
+
+
+def test_mixed_input_and_weight_dtypes_follow_jax():
+    """float64 inputs into float32 weights: gradients in the weights' dtype, as jax.grad."""
+    model = nn.serial(nn.dense(3), nn.relu(), nn.dense(3))
+    params = model.init(jax.random.key(0), (2,), jnp.float32)
+    g = backprop.grad(model, SCE)(params, X64, Y)
+    a = jax.grad(lambda p: SCE(model.apply(p, X64), Y))(params)
+    assert all(u.dtype == v.dtype == jnp.float32 for u, v in
+               zip(jax.tree.leaves(g), jax.tree.leaves(a)))
+    _close(g, a, rtol=1e-6)
+
+
+def test_probability_losses_agree_with_jax_grad_on_the_clip_boundary():
+    """sigmoid(16) is exactly 1 - 1e-7 in float32: both engines take the same slope."""
+    p = jax.nn.sigmoid(jnp.array([[16.0, -3.0], [0.5, 16.0]], jnp.float32))
+    t = jnp.array([[1.0, 0.0], [1.0, 0.0]], jnp.float32)
+    np.testing.assert_allclose(losses.binary_cross_entropy.grad(p, t),
+                               jax.grad(losses.binary_cross_entropy.value)(p, t), rtol=1e-6)
+    probs = jnp.array([[1e-7, 1 - 1e-7], [0.3, 0.7]], F64)
+    backprop.check(losses.categorical_cross_entropy, probs, jnp.array([0, 1]))
+
+
+def test_losses_serve_as_metrics_and_penalties_are_checked():
+    opt = optim.adam(0.01)
+    xs, ys = data.sine_data(32)
+    model = nn.serial(nn.dense(4), nn.tanh(), nn.dense(1))
+    state = train.init_state(model, opt, jax.random.key(0), (1,), dtype=F64)
+    _, h = train.fit(model, losses.mse, opt, state, xs, ys, epochs=2, progress=False,
+                     metrics=[losses.mae, metrics.mae.fn])
+    assert {"mae", "_mae"} <= set(h.metrics)
+    tree = nn.serial(nn.dense(3), nn.dense(2)).init(jax.random.key(0), (4,), F64)
+    tree = jax.tree.map(lambda w: w + 0.1, tree)
+    for pen in (losses.l1, losses.l2):
+        backprop.check(pen, tree)
+    bad = losses.Regularizer("l2", losses.l2.value, lambda tr: jax.tree.map(lambda w: w, tr))
+    with pytest.raises(gradcheck.GradientCheckError, match=r"params\[0\]\.w"):
+        backprop.check(bad, tree)
+
+
+def test_sweep_summary_shows_the_metrics_it_has():
+    model = nn.serial(nn.dense(4), nn.tanh(), nn.dense(1))
+    xs, ys = data.sine_data(32)
+    res = sweep.run(model, losses.mse, optim.adam(), xs, ys, sweep.grid(learning_rate=[0.01]),
+                    epochs=2, strategy="loop")
+    assert "mae" in res.summary().splitlines()[0]

@@ -33,6 +33,10 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     assert {"accuracy", "mae"} <= set(scope["history3"].metrics)
     assert all(np.all(np.isfinite(v)) for v in scope["history3"].metrics.values())
     assert np.all(np.isfinite(scope["g_bridge"].gain))
+    # "See the gradients flow": the speed of learning per layer, and its plot
+    h5 = scope["history5"]
+    assert h5["grad_norm[0].b"].shape == (20,) and "saturation[1]" in h5.metrics
+    assert (tmp_path / "speed_of_learning.png").exists()
     assert "total" in capsys.readouterr().out
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnn import checkpoint, train
+from funcnn import checkpoint, diagnostics, train
 from funcnn.data import check_dataset
 
 from .config import config_hash
@@ -235,7 +235,9 @@ class Run:
         the newest checkpoint when there is one, and only the remaining epochs are
         trained. ``epoch_metrics(state)`` may add metrics of your own (say, test
         accuracy under a loss whose built-in metric is not accuracy) to the last
-        epoch of each checkpointed chunk. Other keyword arguments go to ``train.fit``.
+        epoch of each checkpointed chunk. Other keyword arguments go to ``train.fit``;
+        with ``diagnostics=[...]`` among them the run folder also gets
+        ``diagnostics.md``, a table per layer (the columns are in ``metrics.jsonl``).
 
         Raises:
           ValueError: NaN/inf or mismatched data (before any training).
@@ -285,7 +287,11 @@ class Run:
             e.args = (f"{e.args[0]} [run folder {self.dir}: last good checkpoint "
                       f"{self.diverged['last_good_checkpoint']}, last finite state {path}]",)
             raise
-        return state, self.history()
+        history = self.history()
+        if table := diagnostics.table(history):  # fit(..., diagnostics=[...]) was asked
+            _write_atomic(self.path("diagnostics.md"),
+                          f"# Diagnostics per layer: {self.name}\n\n{table}\n")
+        return state, history
 
 
 def _is_key(x: Any) -> bool:

@@ -27,12 +27,13 @@ from funcnn.nn.combinators import residual, serial
 from funcnn.nn.dense import Dense, dense, initializers
 from funcnn.nn.dropout import dropout, dropout_mask
 from funcnn.nn.layer import (ApplyFn, BackwardFn, ForwardFn, InitFn, Layer, NoParams, Run,
-                             check_batch, layer_keys)
+                             StatsFn, check_batch, layer_keys)
 from funcnn.nn.reshape import flatten
 from funcnn.nn.summary import summary
 
 __all__ = [
-    "Layer", "Dense", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "Run",
+    "Layer", "Dense", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn",
+    "Run",
     "serial", "residual", "dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax",
     "identity", "dropout", "flatten", "elementwise", "summary", "initializers",
     "dropout_mask", "softmax_fn", "check_batch", "layer_keys", "LAYERS",

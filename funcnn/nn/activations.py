@@ -21,10 +21,13 @@ __all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "identity", "softmax", "soft
 
 
 def elementwise(name: str, fn: Callable[[Array], Array],
-                derivative: Callable[[Array, Array, Array], Array] | None, **config) -> Layer:
+                derivative: Callable[[Array, Array, Array], Array] | None, *,
+                stats: Callable[[Array, Array], dict[str, Array]] | None = None,
+                **config) -> Layer:
     """A weightless layer ``y = fn(x)`` whose rule is ``dx = derivative(x, y, dy)``.
 
     ``derivative=None`` makes a layer without a hand rule (for ``engine="mixed"``).
+    ``stats(x, y)`` may report diagnostics of the forward pass (see :class:`Layer`).
     """
     def init_fn(key, in_shape, dtype):
         return in_shape, NoParams()
@@ -38,7 +41,24 @@ def elementwise(name: str, fn: Callable[[Array], Array],
         return NoParams(), derivative(x, y, dy)
 
     return Layer(name, init_fn, apply_fn, None if derivative is None else backward_fn,
-                 config=config)
+                 config=config, stats_fn=None if stats is None else lambda tape: stats(*tape))
+
+
+# Diagnostics (Nielsen ch. 5): a unit is saturated where its slope f' is below 5 % of the
+# largest slope f can have (a gradient through it shrinks 20-fold or more), dead where
+# it passes no gradient for any example of the batch.
+SATURATED = 0.05
+
+
+def _saturation(slope: Array) -> Array:
+    """The fraction of activations (examples x units) whose slope is below 5 % of max."""
+    return jnp.mean((slope < SATURATED).astype(slope.dtype))
+
+
+def _dead_units(y: Array) -> Array:
+    """The fraction of units (features) that output 0 for every example of the batch."""
+    dead = jnp.all(y.reshape(y.shape[0], -1) <= 0, axis=0)
+    return jnp.mean(dead.astype(y.dtype))
 
 
 def relu() -> Layer:
@@ -47,7 +67,8 @@ def relu() -> Layer:
     # x = 0, as the hand rule and NNFS do (maximum would split the tie as 0.5).
     # Rule: slope 1 where x > 0, 0 elsewhere (0 at x = 0, as NNFS).
     return elementwise("relu", lambda x: jnp.where(x > 0, x, 0),
-                       lambda x, y, dy: jnp.where(x > 0, dy, 0))
+                       lambda x, y, dy: jnp.where(x > 0, dy, 0),
+                       stats=lambda x, y: {"dead_units": _dead_units(y)})
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
@@ -62,13 +83,17 @@ def leaky_relu(negative_slope: float = 0.01) -> Layer:
 def sigmoid() -> Layer:
     """``s(x) = 1 / (1 + exp(-x))``, elementwise."""
     # ds/dx = e^-x / (1 + e^-x)^2 = s (1 - s): written with the output s = y.
-    return elementwise("sigmoid", jax.nn.sigmoid, lambda x, y, dy: dy * y * (1 - y))
+    # Saturated where s (1 - s) < 5 % of its maximum 1/4.
+    return elementwise("sigmoid", jax.nn.sigmoid, lambda x, y, dy: dy * y * (1 - y),
+                       stats=lambda x, y: {"saturation": _saturation(4 * y * (1 - y))})
 
 
 def tanh() -> Layer:
     """``tanh(x)``, elementwise."""
     # d tanh(x)/dx = 1 - tanh(x)^2 = 1 - y^2.
-    return elementwise("tanh", jnp.tanh, lambda x, y, dy: dy * (1 - y * y))
+    # Saturated where 1 - y^2 < 5 % of its maximum 1.
+    return elementwise("tanh", jnp.tanh, lambda x, y, dy: dy * (1 - y * y),
+                       stats=lambda x, y: {"saturation": _saturation(1 - y * y)})
 
 
 def identity() -> Layer:

@@ -22,6 +22,10 @@ backward passes: ``run.forward(child, params, x, key, train) -> (y, tape)`` and
 tapes become part of the combinator's tape, so no rule ever recomputes a forward pass.
 ``run`` also carries the engine's choice (strict hand rules, or ``jax.vjp`` for a child
 without a rule), which a combinator passes on without knowing it.
+
+A layer may also say what its forward pass looks like from inside (``stats_fn``): a
+sigmoid how many of its units are saturated, a ReLU how many are dead. The gradient-flow
+diagnostics of ``fit(..., diagnostics=...)`` (:mod:`funcnn.diagnostics`) read them.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ import jax.numpy as jnp
 Array = jax.Array
 Shape = tuple[int, ...]
 
-__all__ = ["Layer", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "Run",
+__all__ = ["Layer", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
            "layer_keys", "check_batch"]
 
 
@@ -83,6 +87,13 @@ class BackwardFn(Protocol):
         ``run``."""
 
 
+class StatsFn(Protocol):
+    def __call__(self, tape: Any) -> dict[str, Array]:
+        """Optional: scalar statistics of one forward pass, from the layer's tape (by
+        default ``(x, y)``), e.g. ``{"saturation": fraction}``; names are those of
+        :data:`funcnn.diagnostics.NAMES` that apply."""
+
+
 class Run(Protocol):
     """What a combinator's rules call to run a child (given by the engine)."""
 
@@ -110,12 +121,15 @@ class Layer:
       apply_fn: ``(params, x, key, train) -> y``; ``x`` is batch-first (:class:`ApplyFn`).
       backward_fn: the hand rule ``(params, tape, dy, key, train) -> (dparams, dx)``
         (:class:`BackwardFn`), or ``None``: then ``engine="backprop"`` refuses the layer
-        and ``engine="mixed"`` differentiates ``apply_fn`` with ``jax.vjp``.
+        and ``engine="mixed"`` differentiates ``apply_fn`` with ``jax.vjp`` (for a
+        combinator: its whole subtree, children's rules included).
       forward_fn: optional ``(params, x, key, train) -> (y, tape)`` (:class:`ForwardFn`)
         when the rule wants a tape other than ``(x, y)``.
       config: the layer's fixed settings (e.g. ``{"rate": 0.1}``) for ``repr``.
       children: the sub-layers of a combinator; then ``forward_fn`` and ``backward_fn``
         take a last argument ``run`` (:class:`Run`) to run them.
+      stats_fn: optional ``tape -> {name: scalar}`` (:class:`StatsFn`) for the
+        diagnostics: the saturation of a sigmoid, the dead units of a ReLU.
 
     Layers compare and hash by identity, so they can be static arguments of ``jit``.
     ``dataclasses.replace(layer, backward_fn=...)`` makes a variant (a test's mutant).
@@ -128,6 +142,7 @@ class Layer:
     forward_fn: ForwardFn | None = None
     config: dict = dataclasses.field(default_factory=dict)
     children: tuple[Layer, ...] = ()
+    stats_fn: StatsFn | None = None
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -136,7 +151,7 @@ class Layer:
             if not callable(getattr(self, field)):
                 raise TypeError(f"Layer {self.name!r}: {field} must be a function; got "
                                 f"{getattr(self, field)!r}")
-        for field in ("backward_fn", "forward_fn"):
+        for field in ("backward_fn", "forward_fn", "stats_fn"):
             v = getattr(self, field)
             if v is not None and not callable(v):
                 raise TypeError(f"Layer {self.name!r}: {field} must be a function or None; "

@@ -41,6 +41,7 @@ class _Plan:
     penalty_names: tuple[str, ...]
     engine: str
     metrics: tuple  # of funcnn.metrics.Metric
+    diagnostics: tuple  # of names from funcnn.diagnostics.NAMES
     batch_size: int
     shuffle: bool
     epochs: int
@@ -84,7 +85,8 @@ def _train_one(values: dict[str, Array], fixed_penalty: Any, x: Array, y: Array,
     final, metrics = train.run_epochs(
         state, x, y, penalty, val, model=model, loss=plan.loss,
         update=plan.optimizer.update, engine=plan.engine, batch_size=plan.batch_size,
-        shuffle=plan.shuffle, epochs=plan.epochs, metrics=plan.metrics)
+        shuffle=plan.shuffle, epochs=plan.epochs, metrics=plan.metrics,
+        diagnostics=plan.diagnostics)
     # Without a penalty run_epochs returns no data_loss (it equals loss); run fills it
     # in on the host.
     metrics = {k: v for k, v in metrics.items() if k != "bad_step"}

@@ -12,6 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnn.diagnostics import is_column as is_diagnostic
+
 from . import plots
 from ._common import _check_metric, _py
 
@@ -34,8 +36,10 @@ class SweepResults:
     Attributes:
       values: ``{name: (C, ...) array}``, the swept values as given (``seed`` always
         included); training used them cast to the weights' dtype.
-      history: ``{metric: (C, epochs) array}``: ``loss``, ``data_loss``, ``accuracy``,
-        ``learning_rate`` and, with validation data, ``val_loss``, ``val_accuracy``.
+      history: ``{metric: (C, epochs) array}``: ``loss``, ``data_loss``,
+        ``learning_rate``, each metric (by default the loss's natural one, e.g.
+        ``accuracy``), with validation data ``val_loss`` and ``val_`` + each metric, and
+        with ``diagnostics`` one column per diagnostic and layer.
       diverged: ``(C,)`` bool: the loss or the weights became NaN/inf at some epoch;
         ``diverged_epoch``: the first such epoch (1-based), 0 where none.
       params: the final weights, every leaf with a leading ``(C,)`` axis (None with
@@ -114,8 +118,8 @@ class SweepResults:
     def summary(self, metric: str = "loss", top: int = 10, mode: str | None = None) -> str:
         """A Markdown table of the ``top`` configurations by ``metric``."""
         order = self.ranking(metric, mode)[:top]
-        metrics = [m for m in ("loss", "accuracy", "val_loss", "val_accuracy")
-                   if m in self.history]
+        metrics = [m for m in self.history if m not in ("data_loss", "learning_rate")
+                   and not is_diagnostic(m)]
         head = ["#"] + list(self.values) + metrics + ["diverged"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         final = self.final

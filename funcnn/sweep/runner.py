@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn import diagnostics as diagnostics_lib
 from funcnn import nn, optim, train
 
 from ._common import _py
@@ -26,7 +27,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         dtype: Any = jnp.float32, seed: int = 0,
         penalty: train.Penalty | Callable[..., train.Penalty] | None = None,
         validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
-        metrics: Any = None, shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
+        metrics: Any = None, diagnostics: Any = None, shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
         devices: int | Sequence[Any] | None = None, keep_params: bool = True,
         ) -> SweepResults:
     """Trains every configuration of ``space`` for ``epochs`` epochs; returns the results.
@@ -38,7 +39,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         the compiled program across sweeps.
       x, y: the training set (checked and prepared as ``fit`` does).
       space: the configurations (:func:`grid`, :func:`random`, ...).
-      epochs, batch_size, shuffle, engine, metrics, validation_data: as for ``fit``; every
+      epochs, batch_size, shuffle, engine, metrics, diagnostics, validation_data: as for
+        ``fit`` (diagnostics once per epoch: ``history["grad_norm[0].b"]`` etc.); every
         configuration uses them. With ``batch_size=None`` (the whole set) an epoch is one
         step.
       input_shape: one example's shape (default ``x.shape[1:]``); dtype: the weights'
@@ -102,9 +104,13 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                         f"{type(ref_model).__name__}")
     train.check_engine(engine, ref_model, loss, where)
     chosen_metrics = train.metric_set(loss, metrics, where)
+    diag_names, _ = diagnostics_lib.check_names(diagnostics, None, where)
     params0 = train.init_state(ref_model, optimizer, jax.random.key(0), input_shape,
                                dtype=dtype).params
     xd, yd = train.prepare_data(ref_model, loss, params0, x, y)
+    if diag_names:
+        diag_names = diagnostics_lib.check_model(diag_names, None, ref_model, params0, xd, 1,
+                                                 where, strict=diagnostics is not True)
     n = xd.shape[0]
     batch_size = n if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
@@ -156,7 +162,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                  hparam_names=hparam_names, penalty=kind,
                  penalty_fn=penalty if kind == "factory" else None,
                  penalty_names=tuple(n for n in penalty_args if n in names),
-                 engine=engine, metrics=chosen_metrics, batch_size=int(batch_size), shuffle=bool(shuffle),
+                 engine=engine, metrics=chosen_metrics, diagnostics=diag_names,
+                 batch_size=int(batch_size), shuffle=bool(shuffle),
                  epochs=int(epochs), input_shape=input_shape, dtype=dtype.name,
                  keep_params=bool(keep_params))
 

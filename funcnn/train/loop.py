@@ -13,9 +13,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import nn, optim
+from funcnn.diagnostics import block_means, check_model, check_names
+from funcnn.diagnostics import is_column as is_diagnostic
+from funcnn.metrics import Metric
 from funcnn.train.inputs import DeviceData, prepare_data
 from funcnn.train.state import Penalty, TrainState
-from funcnn.metrics import Metric
 from funcnn.train.step import _evaluate_arrays, check_engine, metric_set, train_step
 
 Array = jax.Array
@@ -33,6 +35,7 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
                val: tuple[Array, Array] | None, *, model: nn.Layer, loss: Callable,
                update: Callable, engine: str, batch_size: int, shuffle: bool,
                epochs: int, guard: bool = False, metrics: tuple[Metric, ...] | None = None,
+               diagnostics: tuple[str, ...] = (), per_step: bool = False,
                ) -> tuple[TrainState, dict[str, Array]]:
     """``epochs`` epochs as one nested ``lax.scan`` (pure; ``fit`` jits it).
 
@@ -41,7 +44,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
     (arrays of length ``epochs``: ``loss``, each metric by name (``metrics``: a tuple of
     :class:`~funcnn.metrics.Metric`, default the loss's natural one), ``val_`` ones with
     validation data, and ``data_loss`` only with a penalty, as without one it equals
-    ``loss``). With ``guard=True`` a step whose loss or new weights
+    ``loss``; with ``diagnostics``, one column per diagnostic and layer, shape
+    ``(epochs, steps)`` when ``per_step``). With ``guard=True`` a step whose loss or new weights
     are not finite is rejected, and so are all steps after it: the state returned is the
     last finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
     """
@@ -68,7 +72,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
                 idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
                 xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
             new, m = train_step(state, xb, yb, model=model, loss=loss, update=update,
-                                engine=engine, penalty=penalty, metrics=metrics)
+                                engine=engine, penalty=penalty, metrics=metrics,
+                                diagnostics=diagnostics)
             if guard:
                 ok = (bad_step < 0) & jnp.isfinite(m["loss"]) & _all_finite(new.params)
                 bad_step = jnp.where(ok | (bad_step >= 0), bad_step, state.step)
@@ -76,7 +81,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
             return (new, bad_step), m
 
         (state, bad_step), m = jax.lax.scan(step, (state, bad_step), jnp.arange(steps))
-        out = {k: jnp.mean(v) for k, v in m.items() if k != "data_loss" or penalty is not None}
+        out = {k: v if per_step and is_diagnostic(k) else jnp.mean(v) for k, v in m.items()
+               if k != "data_loss" or penalty is not None}
         out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
         lr = optim.learning_rate(update, state.opt_state)
         out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
@@ -98,7 +104,7 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
 
 _run_epochs = jax.jit(run_epochs, static_argnames=(
     "model", "loss", "update", "engine", "batch_size", "shuffle", "epochs", "guard",
-    "metrics"))
+    "metrics", "diagnostics", "per_step"))
 
 
 # --------------------------------------------------------------------------------------
@@ -123,9 +129,14 @@ class History:
     """Per-epoch metrics as numpy arrays: ``loss``, ``data_loss``, ``learning_rate``,
     each metric by name (by default the loss's natural one: ``accuracy`` for
     classification, ``mae`` for regression) and, with validation data, ``val_loss``
-    and ``val_`` + each metric's name."""
+    and ``val_`` + each metric's name; with ``fit(..., diagnostics=...)`` one column
+    per diagnostic and layer (``grad_norm[0].b``, ...). With ``diagnostics_every=k``
+    those are in ``steps`` instead: ``steps["step"]`` the update numbers, and the means
+    over each block of ``k`` updates."""
 
     metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    steps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
 
     def __getitem__(self, name: str) -> np.ndarray:
         return self.metrics[name]
@@ -138,6 +149,14 @@ class History:
             chunk = {**chunk, "data_loss": chunk["loss"]}
         for k, v in chunk.items():
             self.metrics[k] = np.concatenate([self.metrics.get(k, np.zeros((0,), v.dtype)), v])
+
+    def append_steps(self, values: dict[str, np.ndarray], first_step: int, every: int) -> None:
+        """Per-step diagnostics (each ``(epochs, steps)``) from update ``first_step + 1``
+        on, recorded as means over blocks of ``every`` updates."""
+        records, self._pending = block_means(
+            {k: np.ravel(v) for k, v in values.items()}, first_step, every, self._pending)
+        for k, v in records.items():
+            self.steps[k] = np.concatenate([self.steps.get(k, np.zeros((0,), v.dtype)), v])
 
     def last(self) -> dict[str, float]:
         """The final epoch's metrics."""
@@ -171,7 +190,7 @@ def _format(epoch: int, m: dict[str, float], names: tuple[str, ...]) -> str:
 def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: TrainState,
         x: Any, y: Any = None, *, epochs: int, batch_size: int | None = None,
         validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
-        metrics: Any = None,
+        metrics: Any = None, diagnostics: Any = None, diagnostics_every: int | None = None,
         penalty: Penalty | None = None, shuffle: bool = True, log_every: int | None = None,
         progress: bool | None = None, epochs_per_call: int | None = None,
         on_chunk: Callable[[TrainState, History], None] | None = None,
@@ -194,6 +213,12 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
       metrics: what to report besides the loss, per epoch: a list of
         :class:`~funcnn.metrics.Metric` or functions ``(pred, target) -> scalar``, or a
         dict name -> function; default the loss's natural metric (``loss.metric``).
+      diagnostics: gradient-flow diagnostics to record inside the compiled loop (a list
+        of :data:`funcnn.diagnostics.NAMES`, or True for all that apply): per-layer gradient norms
+        (Nielsen's speed of learning), update-to-weight ratios, saturated and dead
+        units; history columns such as ``grad_norm[0].b``, the mean over each epoch.
+      diagnostics_every: record them every this many steps instead (means over each
+        block of steps, in ``history.steps``).
       penalty: optional :class:`Penalty` (L1/L2 on the weights).
       log_every: print an NNFS-style line every this many epochs.
       progress: a tqdm progress bar (default: only on a terminal, if tqdm is installed).
@@ -206,6 +231,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     """
     check_engine(engine, model, loss, "fit")
     chosen = metric_set(loss, metrics, "fit")
+    diag_names, every = check_names(diagnostics, diagnostics_every, "fit")
     if not isinstance(state, TrainState):
         raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
                         f"{type(state).__name__}")
@@ -226,10 +252,14 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     if penalty is not None:
         penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
     steps = n // batch_size
+    if diag_names:
+        diag_names = check_model(diag_names, every, model, state.params, xd, epochs * steps,
+                                 "fit", strict=diagnostics is not True)
     if epochs_per_call is None:
         epochs_per_call = max(1, min(epochs, math.ceil(2048 / steps)))
     config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
-                  batch_size=batch_size, shuffle=shuffle, metrics=chosen)
+                  batch_size=batch_size, shuffle=shuffle, metrics=chosen,
+                  diagnostics=diag_names, per_step=every is not None)
     history = History()
     bar = _progress_bar(epochs, progress)
     done = 0
@@ -240,10 +270,13 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
             new, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, **config)
             m = jax.device_get(m)
             if not np.all(m["finite"]):
-                _diverged(state, xd, yd, penalty, val, k, done, steps, history, config)
-            state = new
+                _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, every)
             chunk = {key: np.asarray(v) for key, v in m.items()
                      if key not in ("finite", "bad_step")}
+            if every is not None:
+                history.append_steps({k: chunk.pop(k) for k in list(chunk)
+                                      if is_diagnostic(k)}, int(state.step), every)
+            state = new
             history.append(chunk)
             for i in range(k):
                 epoch = first_epoch + done + i + 1
@@ -264,7 +297,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     return state, history
 
 
-def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config):
+def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, every):
     """Reruns a chunk that went non-finite with the guard on, and raises."""
     last_good, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, guard=True, **config)
     bad = int(m["bad_step"])
@@ -272,8 +305,12 @@ def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config):
         bad = int(last_good.step)
     epoch, step = bad // steps + 1, bad % steps + 1
     good_epochs = int(last_good.step) // steps - done
-    history.append({key: np.asarray(v)[:good_epochs] for key, v in jax.device_get(m).items()
-                    if key not in ("finite", "bad_step")})
+    chunk = {key: np.asarray(v)[:good_epochs] for key, v in jax.device_get(m).items()
+             if key not in ("finite", "bad_step")}
+    if every is not None:
+        history.append_steps({k: chunk.pop(k) for k in list(chunk) if is_diagnostic(k)},
+                             int(state.step), every)
+    history.append(chunk)
     raise DivergedError(
         f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, step "
         f"{step} (update {bad + 1} of the run). The returned state (error.state) is the "

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import backprop, nn, optim
+from funcnn import diagnostics as diagnostics_lib
 from funcnn.losses import Loss
 from funcnn.metrics import Metric, as_metrics, compute
 from funcnn.train.inputs import prepare_data
@@ -32,15 +33,19 @@ def metric_set(loss: Callable, chosen: Any, where: str) -> tuple[Metric, ...]:
     return as_metrics(chosen, loss.metric if isinstance(loss, Loss) else None, where)
 
 
-def _loss_output_grads(model, loss, engine, params, x, y, key, penalty):
-    """``(total, data_loss, output), grads`` of ``loss(model(x), y) + penalty(params)``."""
+def _loss_output_grads(model, loss, engine, params, x, y, key, penalty, stats=False):
+    """``(total, data_loss, output, layer_stats), grads`` of
+    ``loss(model(x), y) + penalty(params)``; ``layer_stats`` (the layers' diagnostics)
+    is empty unless ``stats``."""
     if engine != "jax":
-        (data_loss, out), grads = backprop.value_and_grad(
-            model, loss, engine=engine, return_output=True)(params, x, y, key=key, train=True)
+        vg = backprop.value_and_grad(model, loss, engine=engine, return_output=True,
+                                     return_stats=stats)
+        aux, grads = vg(params, x, y, key=key, train=True)
+        data_loss, out, layer_stats = aux if stats else (*aux, {})
         if penalty is None:
-            return (data_loss, data_loss, out), grads
+            return (data_loss, data_loss, out, layer_stats), grads
         grads = jax.tree.map(jnp.add, grads, penalty.grad(params))
-        return (data_loss + penalty.value(params), data_loss, out), grads
+        return (data_loss + penalty.value(params), data_loss, out, layer_stats), grads
 
     def objective(p):
         out = model.apply(p, x, key=key, train=True)
@@ -49,29 +54,37 @@ def _loss_output_grads(model, loss, engine, params, x, y, key, penalty):
         return total, (data_loss, out)
 
     (total, (data_loss, out)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    return (total, data_loss, out), grads
+    layer_stats = {}
+    if stats:  # the same forward pass once more, recording what the layers report
+        _, tape = backprop.forward(model, params, x, key, True, engine="mixed", stats=True)
+        layer_stats = backprop.layer_stats(tape)
+    return (total, data_loss, out, layer_stats), grads
 
 
 def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: Callable,
                update: Callable, engine: str = "backprop", penalty: Penalty | None = None,
-               metrics: tuple[Metric, ...] | None = None,
+               metrics: tuple[Metric, ...] | None = None, diagnostics: tuple[str, ...] = (),
                ) -> tuple[TrainState, dict[str, Array]]:
     """One optimizer step on the batch ``(x, y)``: forward, loss, backward, update.
 
     Pure: returns the new state and this step's metrics (``loss`` with penalties,
     ``data_loss``, and each metric by name: by default the loss's natural metric).
-    ``update`` is ``optimizer.update``. Jit it with ``model``, ``loss``, ``update``,
-    ``engine`` and ``metrics`` static.
+    ``update`` is ``optimizer.update``. ``diagnostics`` (names from
+    :data:`funcnn.diagnostics.NAMES`) adds this step's gradient-flow diagnostics. Jit it
+    with ``model``, ``loss``, ``update``, ``engine``, ``metrics`` and ``diagnostics``
+    static.
     """
     chosen = metric_set(loss, metrics, "train_step")
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
-    (total, data_loss, out), grads = _loss_output_grads(
-        model, loss, engine, state.params, x, y, dropout_key, penalty)
+    stats = any(n in diagnostics for n in diagnostics_lib.LAYER_STATS)
+    (total, data_loss, out, layer_stats), grads = _loss_output_grads(
+        model, loss, engine, state.params, x, y, dropout_key, penalty, stats)
     updates, opt_state = update(grads, state.opt_state, state.params)
     params = optim.apply_updates(state.params, updates)
     new = TrainState(params, opt_state, state.step + 1, state.key)
-    return new, {"loss": total, "data_loss": data_loss,
-                 **compute(chosen, out, y)}
+    diag = diagnostics_lib.step_values(diagnostics, state.params, grads, updates,
+                                       layer_stats) if diagnostics else {}
+    return new, {"loss": total, "data_loss": data_loss, **compute(chosen, out, y), **diag}
 
 
 # --------------------------------------------------------------------------------------
