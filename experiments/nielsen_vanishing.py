@@ -18,8 +18,10 @@ first-to-last ratio, not digits), and ``fit(..., diagnostics=...)`` records them
 epoch while training: ``speed_of_learning.png`` and ``diagnostics.md`` in the run
 folder, with the fraction of saturated sigmoid units per layer.
 
-``--activation relu --init he`` (or ``--init glorot``) runs the same nets with what
-fixed it: ReLU hidden units and weights scaled to keep the signal's variance.
+``--activation relu --init he`` runs the same nets with what fixed it: ReLU hidden
+units and weights scaled to keep the signal's variance; ``--init glorot`` keeps the
+sigmoids and only rescales the initial weights (and zeroes the biases). ``--all`` runs
+the three families at all four depths.
 
 The gradients are those of funcnn's mean cost; Nielsen's cross-entropy sums over the
 K = 10 outputs, so the speeds printed here are multiplied by K to be his. The learning
@@ -134,10 +136,11 @@ def run(r: experiment.Run) -> dict[str, float]:
 
 if __name__ == "__main__":
     argv = sys.argv[1:]
-    if "--all" in argv:  # the chapter: 1-4 hidden layers, sigmoid; then ReLU + He
+    if "--all" in argv:  # the chapter: 1-4 hidden layers, sigmoid; ReLU + He; Glorot
         argv.remove("--all")
         for extra in (["--activation", "sigmoid", "--init", "nielsen"],
-                      ["--activation", "relu", "--init", "he"]):
+                      ["--activation", "relu", "--init", "he"],
+                      ["--activation", "sigmoid", "--init", "glorot"]):
             for depth in (1, 2, 3, 4):
                 experiment.main("nielsen_vanishing", Config, run,
                                 [*argv, *extra, "--hidden-layers", str(depth)],

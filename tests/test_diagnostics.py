@@ -155,6 +155,10 @@ def test_bad_requests_are_clear_errors():
         _fit(RELU_NET, diagnostics=["saturation"])
     with pytest.raises(ValueError, match="'dead_units' needs ReLU layers"):
         _fit(SIGMOID_NET, diagnostics=["dead_units"])
+    with pytest.raises(ValueError, match="update_ratio is recorded once per epoch"):
+        _fit(SIGMOID_NET, diagnostics=["update_ratio"], diagnostics_every=1)
+    _, _, h = _fit(SIGMOID_NET, diagnostics=True, diagnostics_every=1)  # all that apply
+    assert "grad_norm[0].b" in h.steps and not any("update_ratio" in k for k in h.steps)
     with pytest.raises(ValueError, match="needs diagnostics="):
         _fit(SIGMOID_NET, diagnostics_every=2)
     with pytest.raises(ValueError, match="'saturation' needs"):

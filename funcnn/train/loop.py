@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import nn, optim
-from funcnn.diagnostics import block_means, check_model, check_names
+from funcnn.diagnostics import block_means, check_model, check_names, update_ratios
 from funcnn.diagnostics import is_column as is_diagnostic
 from funcnn.metrics import Metric
 from funcnn.train.inputs import DeviceData, prepare_data
@@ -56,6 +56,7 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
 
     def epoch(carry, _):
         state, bad_step = carry
+        start = state.params
         e = state.step // steps
         if full_batch:
             perm = None
@@ -83,6 +84,8 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
         (state, bad_step), m = jax.lax.scan(step, (state, bad_step), jnp.arange(steps))
         out = {k: v if per_step and is_diagnostic(k) else jnp.mean(v) for k, v in m.items()
                if k != "data_loss" or penalty is not None}
+        if "update_ratio" in diagnostics:  # the epoch's change, once per epoch: no cost
+            out.update(update_ratios(start, state.params))
         out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
         lr = optim.learning_rate(update, state.opt_state)
         out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr

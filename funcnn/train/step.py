@@ -70,7 +70,8 @@ def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: 
     Pure: returns the new state and this step's metrics (``loss`` with penalties,
     ``data_loss``, and each metric by name: by default the loss's natural metric).
     ``update`` is ``optimizer.update``. ``diagnostics`` (names from
-    :data:`funcnn.diagnostics.NAMES`) adds this step's gradient-flow diagnostics. Jit it
+    :data:`funcnn.diagnostics.NAMES`) adds this step's gradient-flow diagnostics (all
+    but ``update_ratio``, a per-epoch quantity that ``run_epochs`` adds). Jit it
     with ``model``, ``loss``, ``update``, ``engine``, ``metrics`` and ``diagnostics``
     static.
     """
@@ -82,8 +83,7 @@ def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: 
     updates, opt_state = update(grads, state.opt_state, state.params)
     params = optim.apply_updates(state.params, updates)
     new = TrainState(params, opt_state, state.step + 1, state.key)
-    diag = diagnostics_lib.step_values(diagnostics, state.params, grads, updates,
-                                       layer_stats) if diagnostics else {}
+    diag = diagnostics_lib.step_values(diagnostics, grads, layer_stats) if diagnostics else {}
     return new, {"loss": total, "data_loss": data_loss, **compute(chosen, out, y), **diag}
 
 
