@@ -117,6 +117,21 @@ def test_sweep_records_the_same_numbers_as_fit():
         for k in (k for k in h.metrics if diagnostics.is_column(k)):
             np.testing.assert_allclose(res.history[k][i], h[k], rtol=1e-12, err_msg=k)
     assert "grad_norm" not in res.summary()  # the table stays readable
+    blocks = sweep.run(SIGMOID_NET, SCE, optim.sgd(0.0), X64, Y,
+                       sweep.grid(learning_rate=[0.5, 2.0]), epochs=2, batch_size=20,
+                       dtype=F64, diagnostics=["grad_norm"], diagnostics_every=2,
+                       shuffle=False, strategy="loop")
+    np.testing.assert_array_equal(blocks.steps["step"], [2, 4, 6])
+    assert blocks.steps["grad_norm[0].b"].shape == (2, 3)
+    opt = optim.sgd(0.0)
+    st = train.init_state(SIGMOID_NET, opt, jax.random.key(0), (2,), dtype=F64)
+    st = dataclasses.replace(st, opt_state=optim.set_hyperparams(
+        st.opt_state, learning_rate=jnp.asarray(2.0, F64)))
+    _, h = train.fit(SIGMOID_NET, SCE, opt, st, X64, Y, epochs=2, batch_size=20,
+                     diagnostics=["grad_norm"], diagnostics_every=2, shuffle=False,
+                     progress=False)
+    np.testing.assert_allclose(blocks.steps["grad_norm[0].b"][1], h.steps["grad_norm[0].b"],
+                               rtol=1e-12)
 
 
 def test_table_plot_and_run_folder(tmp_path):

@@ -42,6 +42,7 @@ class _Plan:
     engine: str
     metrics: tuple  # of funcnn.metrics.Metric
     diagnostics: tuple  # of names from funcnn.diagnostics.NAMES
+    diagnostics_every: int | None
     batch_size: int
     shuffle: bool
     epochs: int
@@ -86,7 +87,7 @@ def _train_one(values: dict[str, Array], fixed_penalty: Any, x: Array, y: Array,
         state, x, y, penalty, val, model=model, loss=plan.loss,
         update=plan.optimizer.update, engine=plan.engine, batch_size=plan.batch_size,
         shuffle=plan.shuffle, epochs=plan.epochs, metrics=plan.metrics,
-        diagnostics=plan.diagnostics)
+        diagnostics=plan.diagnostics, per_step=plan.diagnostics_every is not None)
     # Without a penalty run_epochs returns no data_loss (it equals loss); run fills it
     # in on the host.
     metrics = {k: v for k, v in metrics.items() if k != "bad_step"}

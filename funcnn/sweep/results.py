@@ -48,6 +48,8 @@ class SweepResults:
       strategy, chunk_size, devices: how it ran; compile_s, run_s: seconds spent
         compiling (tracing included) and running (results fetched to the host).
       note: why this strategy was chosen.
+      steps: with ``diagnostics_every=k``, ``{"step": (records,), key: (C, records)}``:
+        each diagnostic's mean over each block of ``k`` updates, as ``History.steps``.
     """
 
     values: dict[str, np.ndarray]
@@ -63,6 +65,7 @@ class SweepResults:
     compile_s: float
     run_s: float
     note: str = ""
+    steps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.diverged)

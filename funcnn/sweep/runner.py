@@ -27,7 +27,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         dtype: Any = jnp.float32, seed: int = 0,
         penalty: train.Penalty | Callable[..., train.Penalty] | None = None,
         validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
-        metrics: Any = None, diagnostics: Any = None, shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
+        metrics: Any = None, diagnostics: Any = None, diagnostics_every: int | None = None,
+        shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
         devices: int | Sequence[Any] | None = None, keep_params: bool = True,
         ) -> SweepResults:
     """Trains every configuration of ``space`` for ``epochs`` epochs; returns the results.
@@ -39,8 +40,9 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         the compiled program across sweeps.
       x, y: the training set (checked and prepared as ``fit`` does).
       space: the configurations (:func:`grid`, :func:`random`, ...).
-      epochs, batch_size, shuffle, engine, metrics, diagnostics, validation_data: as for
-        ``fit`` (diagnostics once per epoch: ``history["grad_norm[0].b"]`` etc.); every
+      epochs, batch_size, shuffle, engine, metrics, diagnostics, diagnostics_every,
+        validation_data: as for ``fit`` (per-epoch diagnostics are history columns such
+        as ``history["grad_norm[0].b"]``, per-block ones in ``results.steps``); every
         configuration uses them. With ``batch_size=None`` (the whole set) an epoch is one
         step.
       input_shape: one example's shape (default ``x.shape[1:]``); dtype: the weights'
@@ -104,13 +106,10 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                         f"{type(ref_model).__name__}")
     train.check_engine(engine, ref_model, loss, where)
     chosen_metrics = train.metric_set(loss, metrics, where)
-    diag_names, _ = diagnostics_lib.check_names(diagnostics, None, where)
+    diag_names, every = diagnostics_lib.check_names(diagnostics, diagnostics_every, where)
     params0 = train.init_state(ref_model, optimizer, jax.random.key(0), input_shape,
                                dtype=dtype).params
     xd, yd = train.prepare_data(ref_model, loss, params0, x, y)
-    if diag_names:
-        diag_names = diagnostics_lib.check_model(diag_names, None, ref_model, params0, xd, 1,
-                                                 where, strict=diagnostics is not True)
     n = xd.shape[0]
     batch_size = n if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
@@ -120,6 +119,10 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     val = None
     if validation_data is not None:
         val = train.prepare_data(ref_model, loss, params0, *validation_data)
+    if diag_names:
+        total = int(epochs) * (n // int(batch_size))
+        diag_names = diagnostics_lib.check_model(diag_names, every, ref_model, params0, xd,
+                                                 total, where, strict=diagnostics is not True)
 
     # -- what each name is, and whether its values are valid --------------------------
     opt_state0 = optimizer.init(params0)
@@ -163,6 +166,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                  penalty_fn=penalty if kind == "factory" else None,
                  penalty_names=tuple(n for n in penalty_args if n in names),
                  engine=engine, metrics=chosen_metrics, diagnostics=diag_names,
+                 diagnostics_every=every,
                  batch_size=int(batch_size), shuffle=bool(shuffle),
                  epochs=int(epochs), input_shape=input_shape, dtype=dtype.name,
                  keep_params=bool(keep_params))
@@ -194,6 +198,14 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     metrics.setdefault("data_loss", np.array(metrics["loss"]))
     metrics = {"loss": metrics.pop("loss"), "data_loss": metrics.pop("data_loss"), **metrics}
     finite = np.asarray(metrics.pop("finite"), bool)
+    steps = {}
+    if every is not None:  # (C, epochs, steps) per-step diagnostics -> block means
+        per_step = {k: metrics.pop(k) for k in list(metrics)
+                    if diagnostics_lib.is_column(k)}
+        rows = [diagnostics_lib.block_means({k: v[c] for k, v in per_step.items()}, 0,
+                                            every)[0] for c in range(n_configs)]
+        steps = {"step": rows[0]["step"], **{k: np.stack([r[k] for r in rows])
+                                             for k in per_step}}
     diverged = ~finite.all(axis=1)
     first_bad = np.where(diverged, np.argmin(finite, axis=1) + 1, 0)
     values = {k: space.columns[k] for k in names}
@@ -202,4 +214,4 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                         diverged=diverged, diverged_epoch=first_bad, params=params,
                         names=names, grid_axes=space.grid_axes, strategy=strategy,
                         chunk_size=chunk, devices=used, compile_s=compile_s, run_s=run_s,
-                        note=note)
+                        note=note, steps=steps)
