@@ -19,8 +19,8 @@ the vanishing gradient problem. Hand backprop computes every layer's delta anywa
 
 Each is recorded per epoch (the mean over the epoch's steps, one column per layer in
 the history, like the loss) or, except ``update_ratio``, with ``diagnostics_every=k``
-as the mean over each block of ``k`` steps (``history.steps``). Both engines record the same numbers, and
-recording changes nothing in the trained weights.
+as the mean over each block of ``k`` steps (``history.steps``). Both engines record
+the same numbers, and recording changes nothing in the trained weights.
 
     state, history = train.fit(..., diagnostics=["grad_norm", "saturation"])
     diagnostics.plot_speed_of_learning(history).savefig("speed.png")

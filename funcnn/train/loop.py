@@ -45,9 +45,10 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
     :class:`~funcnn.metrics.Metric`, default the loss's natural one), ``val_`` ones with
     validation data, and ``data_loss`` only with a penalty, as without one it equals
     ``loss``; with ``diagnostics``, one column per diagnostic and layer, shape
-    ``(epochs, steps)`` when ``per_step``). With ``guard=True`` a step whose loss or new weights
-    are not finite is rejected, and so are all steps after it: the state returned is the
-    last finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
+    ``(epochs, steps)`` when ``per_step``; ``update_ratio`` once per epoch). With
+    ``guard=True`` a step whose loss or new weights are not finite is rejected, and so
+    are all steps after it: the state returned is the last finite one, and ``bad_step``
+    says where it went wrong (-1: nowhere).
     """
     metrics = metric_set(loss, metrics, "run_epochs")
     n = x.shape[0]
