@@ -9,19 +9,17 @@ The rules themselves live with the layers (:mod:`funcnn.nn`) and losses
 (:mod:`funcnn.losses`), each beside its forward code. This module only drives them:
 
 * :func:`forward` runs a layer and keeps its tape (what its rule needs);
-* :func:`backward` runs its rule on the tape, and checks what the rule returned (the
-  structure, shapes and dtypes of ``params`` and of the input) while tracing, so a
-  wrong rule fails with the layer's name rather than deep inside XLA;
+* :func:`backward` runs its rule on the tape and checks, while tracing, that it returned
+  the structure and shapes of ``params`` and the input (a wrong rule fails naming the
+  layer, not deep inside XLA);
 * :func:`value_and_grad` / :func:`grad` put a model and a loss together;
 * :func:`as_custom_vjp` hands a rule to ``jax.grad`` (Flax, Equinox, plain JAX);
 * :func:`check` verifies a rule three ways (see :mod:`funcnn.gradcheck`).
 
-Engines: ``"backprop"`` runs hand rules only and refuses a layer or loss without one
-(:class:`MissingRuleError`); ``"mixed"`` uses hand rules where they exist and
-``jax.vjp`` of ``apply`` where they do not. Under ``"backprop"`` no autodiff runs at
-all (the tests disable it and train). ``jax.grad`` of the same loss is the third engine,
-``"jax"``, which ``fit`` offers; only ``"mixed"`` and :func:`as_custom_vjp` use autodiff
-here, and only to stand in for a missing rule or to hand a rule to ``jax.grad``.
+Engines: ``"backprop"`` runs hand rules only, with no autodiff at all (the tests disable
+it and train), and refuses a layer or loss without a rule (:class:`MissingRuleError`);
+``"mixed"`` stands in ``jax.vjp`` of ``apply`` where a rule is missing; ``fit`` also
+offers ``"jax"``, ``jax.grad`` throughout.
 
     g = backprop.grad(model, losses.softmax_cross_entropy)(params, x, y)
     # same pytree as jax.grad(lambda p: loss(model.apply(p, x), y))(params)
@@ -41,7 +39,8 @@ from funcnn.losses import Loss
 
 Array = jax.Array
 
-__all__ = ["forward", "backward", "grad", "value_and_grad", "as_custom_vjp", "check",
+__all__ = ["forward", "backward", "grad", "value_and_grad", "check_rules", "as_custom_vjp",
+           "check",
            "Tape", "layer_stats", "MissingRuleError", "RuleError", "ENGINES",
            "missing_rules", "loss_value_and_grad"]
 
@@ -232,6 +231,18 @@ def loss_value_and_grad(loss: Callable, engine: str = "backprop") -> Callable:
     return lambda pred, target: jax.value_and_grad(value)(pred, target)
 
 
+def check_rules(model: nn.Layer, loss: Callable, engine: str = "backprop") -> None:
+    """Raises :class:`MissingRuleError` (naming what lacks a rule and the ways out) when
+    ``engine="backprop"`` would meet a layer or a loss without a hand rule."""
+    run = _run(engine)
+    if not run.mixed and (missing := missing_rules(model)):
+        where = "" if missing == [model] else f" in {model!r}"
+        raise MissingRuleError(f"backprop: {', '.join(map(repr, missing))}{where} "
+                               f"{'has' if len(missing) == 1 else 'have'} no hand-derived "
+                               f"backward rule; {_WAYS_OUT}.")
+    loss_value_and_grad(loss, engine)  # raises for a loss without a rule
+
+
 def value_and_grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop",
                    return_output: bool = False, return_stats: bool = False) -> Callable:
     """``f(params, x, y, *, key=None, train=False) -> (loss, grads)``, by hand.
@@ -246,11 +257,7 @@ def value_and_grad(model: nn.Layer, loss: Callable, *, engine: str = "backprop",
     a rule through (``jax.vjp``).
     """
     run = _run(engine, return_stats)
-    if not run.mixed and (missing := missing_rules(model)):
-        where = "" if missing == [model] else f" in {model!r}"
-        raise MissingRuleError(f"backprop: {', '.join(map(repr, missing))}{where} "
-                               f"{'has' if len(missing) == 1 else 'have'} no hand-derived "
-                               f"backward rule; {_WAYS_OUT}.")
+    check_rules(model, loss, engine)
     loss_vg = loss_value_and_grad(loss, engine)
 
     def f(params, x, y, *, key=None, train=False):
@@ -305,8 +312,7 @@ def as_custom_vjp(layer_or_loss: nn.Layer | Loss, *, train: bool = False) -> Cal
             g, pred, target = res
             if not jnp.issubdtype(target.dtype, jnp.inexact):
                 return g * ct, None
-            _, vjp_target = jax.vjp(lambda t: loss.value(pred, t), target)
-            return g * ct, vjp_target(ct)[0]
+            return g * ct, jax.vjp(lambda t: loss.value(pred, t), target)[1](ct)[0]
 
         f_loss.defvjp(fwd_loss, bwd_loss)
         return f_loss
@@ -337,10 +343,7 @@ def as_custom_vjp(layer_or_loss: nn.Layer | Loss, *, train: bool = False) -> Cal
 
 
 def check(target: nn.Layer | Loss | Any, *args: Any, **kwargs: Any) -> Any:
-    """Verifies a layer's or loss's hand rule against ``jax.vjp`` and finite differences.
-
-    See :func:`funcnn.gradcheck.check` for the arguments; it lives in its own module,
-    which compares against autodiff and finite differences.
-    """
+    """Verifies a hand rule against ``jax.vjp`` and finite differences: see
+    :func:`funcnn.gradcheck.check` (its own module, as it uses autodiff)."""
     from funcnn import gradcheck
     return gradcheck.check(target, *args, **kwargs)

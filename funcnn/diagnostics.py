@@ -29,7 +29,7 @@ the same numbers, and recording changes nothing in the trained weights.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax

@@ -173,9 +173,8 @@ def check(target: nn.Layer | Loss, x: Any = None, y: Any = None, *,
             tree = _f64(x)
             labels = [f"params{jax.tree_util.keystr(p)}" for p, _ in
                       jax.tree_util.tree_flatten_with_path(tree)[0]]
-            v, g, n, kinks = _compare(target, (False,), (tree,), (), labels, repr(target),
-                                      rtol, fd_rtol, eps, max_elements, directions, seed)
-            return CheckResult(repr(target), v, g, n, kinks, 0)
+            return _check_function(target, (tree,), (), labels, seed, rtol, fd_rtol, eps,
+                                   max_elements, directions)
         if not isinstance(target, nn.Layer):
             raise TypeError(f"check: expected an nn.Layer, a losses.Loss or a penalty; got "
                             f"{type(target).__name__} (a plain loss function has no rule "
@@ -223,14 +222,19 @@ def _check_loss(loss, pred, t, seed, rtol, fd_rtol, eps, max_elements, n_dirs):
     if pred is None or t is None:
         raise ValueError(f"check({loss!r}): pass predictions and targets: "
                          "check(loss, pred, target)")
-    pred = _f64(jnp.asarray(pred))
-    t = _f64(jnp.asarray(t))
+    return _check_function(loss, (_f64(jnp.asarray(pred)),), (_f64(jnp.asarray(t)),),
+                           ["pred"], seed, rtol, fd_rtol, eps, max_elements, n_dirs)
+
+
+def _check_function(target, primals, aux, labels, seed, rtol, fd_rtol, eps, max_elements,
+                    n_dirs):
+    """A loss or penalty: one mode, no kinks to redraw from (the caller gave the point)."""
     try:
-        v, g, n, kinks = _compare(loss, (False,), (pred,), (t,), ["pred"], repr(loss), rtol,
+        v, g, n, kinks = _compare(target, (False,), primals, aux, labels, repr(target), rtol,
                                   fd_rtol, eps, max_elements, n_dirs, seed)
     except backprop.RuleError as e:
-        raise GradientCheckError(f"check({loss!r}): {e}") from e
-    return CheckResult(repr(loss), v, g, n, kinks, 0)
+        raise GradientCheckError(f"check({target!r}): {e}") from e
+    return CheckResult(repr(target), v, g, n, kinks, 0)
 
 
 def _compare(target, modes, primals, aux, labels, name, rtol, fd_rtol, eps, max_elements,

@@ -189,6 +189,7 @@ def test_plain_function_loss(loss):
         _fit(model, loss, "backprop")
     (s1, h1), (s2, h2) = _fit(model, loss, "mixed"), _fit(model, loss, "jax")
     _close(s1.params, s2.params, rtol=1e-9)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
     assert set(h1.metrics) == {"loss", "data_loss", "learning_rate"}
     assert all(np.all(np.isfinite(v)) for v in h1.metrics.values())
     _, h3 = _fit(model, loss, "mixed", metrics=[metrics.accuracy])

@@ -31,7 +31,7 @@ diagnostics of ``fit(..., diagnostics=...)`` (:mod:`funcnn.diagnostics`) read th
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax

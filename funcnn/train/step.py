@@ -25,7 +25,7 @@ def check_engine(engine: str, model: nn.Layer, loss: Callable, where: str) -> No
     if engine not in ENGINES:
         raise ValueError(f"{where}: engine must be one of {ENGINES}; got {engine!r}")
     if engine != "jax":
-        backprop.value_and_grad(model, loss, engine=engine)  # raises MissingRuleError
+        backprop.check_rules(model, loss, engine)
 
 
 def metric_set(loss: Callable, chosen: Any, where: str) -> tuple[Metric, ...]:
