@@ -37,7 +37,8 @@ def _square():
 
 
 # The example input shape (one example, no batch axis) of each registered layer.
-INPUT_SHAPES = {"flatten": (2, 4), "residual": (4,)}
+INPUT_SHAPES = {"flatten": (2, 4), "residual": (4,), "conv2d": (5, 4, 2),
+                "max_pool": (5, 4, 2), "avg_pool": (4, 5, 1), "layer_norm": (2, 5)}
 LAYER_CASES = {name: (ctor, INPUT_SHAPES.get(name, (5,))) for name, ctor in nn.LAYERS.items()}
 LAYER_CASES["elementwise"] = (_square, (5,))
 LAYER_CASES["nested"] = (lambda: nn.serial(nn.dense(4), nn.tanh(), nn.residual(

@@ -9,7 +9,7 @@ A layer holds no weights. ``init`` makes them, ``apply`` uses them::
 
 and ``backward_fn`` is the hand-derived rule that :mod:`funcnn.backprop` runs, written
 beside the forward code with its derivation (one file per concept: ``dense``,
-``activations``, ``dropout``, ``reshape``, ``combinators``). :class:`Layer` documents
+``activations``, ``dropout``, ``reshape``, ``conv``, ``pool``, ``norm``, ``combinators``). :class:`Layer` documents
 how to write your own; ``backprop.check`` verifies it.
 
 Layout is batch-first and ``y = x @ W + b`` with ``W`` of shape ``(in, out)``, as in
@@ -24,19 +24,23 @@ from collections.abc import Callable
 from funcnn.nn.activations import (elementwise, identity, leaky_relu, relu, sigmoid, softmax,
                                    softmax_fn, tanh)
 from funcnn.nn.combinators import residual, serial
+from funcnn.nn.conv import Conv, conv2d
 from funcnn.nn.dense import Dense, dense, initializers
 from funcnn.nn.dropout import dropout, dropout_mask
 from funcnn.nn.layer import (ApplyFn, BackwardFn, ForwardFn, InitFn, Layer, NoParams, Run,
                              StatsFn, check_batch, layer_keys)
+from funcnn.nn.norm import LayerNorm, layer_norm
+from funcnn.nn.pool import avg_pool, max_pool
 from funcnn.nn.reshape import flatten
 from funcnn.nn.summary import summary
 
 __all__ = [
-    "Layer", "Dense", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn",
-    "Run",
-    "serial", "residual", "dense", "relu", "leaky_relu", "sigmoid", "tanh", "softmax",
-    "identity", "dropout", "flatten", "elementwise", "summary", "initializers",
-    "dropout_mask", "softmax_fn", "check_batch", "layer_keys", "LAYERS",
+    "Layer", "Dense", "Conv", "LayerNorm", "NoParams",
+    "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
+    "serial", "residual", "dense", "conv2d", "max_pool", "avg_pool", "layer_norm",
+    "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity", "dropout", "flatten",
+    "elementwise", "summary", "initializers", "dropout_mask", "softmax_fn", "check_batch",
+    "layer_keys", "LAYERS",
 ]
 
 # Every public layer constructor, with arguments for a small instance. The registry test
@@ -51,6 +55,10 @@ LAYERS: dict[str, Callable[[], Layer]] = {
     "identity": identity,
     "dropout": lambda: dropout(0.3),
     "flatten": flatten,
+    "conv2d": lambda: conv2d(3, 3, padding="SAME"),
+    "max_pool": lambda: max_pool(2, 2),
+    "avg_pool": lambda: avg_pool(2, 1),
+    "layer_norm": layer_norm,
     "serial": lambda: serial(dense(3), relu()),
     "residual": lambda: residual(serial(dense(4), tanh())),
 }

@@ -36,7 +36,15 @@ class Dense:
 jax.tree_util.register_dataclass(Dense, data_fields=["w", "b"], meta_fields=[])
 
 
-# Initializers: (key, (n_in, n_out), dtype) -> weights
+# Initializers: (key, shape, dtype) -> weights, for a dense (n_in, n_out) or a conv
+# (kh, kw, C_in, C_out) kernel. Fans count every input (output) an output (input) unit
+# touches: n_in and n_out, or kh * kw * C_in and kh * kw * C_out.
+
+def fans(shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(fan_in, fan_out)`` of a weight array (``(in, out)`` or ``(kh, kw, in, out)``)."""
+    taps = math.prod(shape[:-2])
+    return taps * shape[-2], taps * shape[-1]
+
 
 def _nnfs(key, shape, dtype):
     """NNFS book: ``0.01 * N(0, 1)``."""
@@ -50,18 +58,18 @@ def _nielsen_large(key, shape, dtype):
 
 def _nielsen(key, shape, dtype):
     """Nielsen's ``network2.py``: ``N(0, 1/n_in)``."""
-    return jax.random.normal(key, shape, dtype) / math.sqrt(shape[0])
+    return jax.random.normal(key, shape, dtype) / math.sqrt(fans(shape)[0])
 
 
 def _glorot(key, shape, dtype):
     """Glorot/Xavier uniform: ``U(-a, a)``, ``a = sqrt(6 / (n_in + n_out))``."""
-    a = math.sqrt(6.0 / (shape[0] + shape[1]))
+    a = math.sqrt(6.0 / sum(fans(shape)))
     return jax.random.uniform(key, shape, dtype, -a, a)
 
 
 def _he(key, shape, dtype):
     """He/Kaiming normal for ReLU nets: ``N(0, 2/n_in)``."""
-    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / shape[0])
+    return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fans(shape)[0])
 
 
 initializers: dict[str, Callable] = {

@@ -1,0 +1,154 @@
+"""Max- and average-pooling over channels-last images, each with its hand rule.
+
+Both slide a ``kh x kw`` window ``s`` apart over every channel of ``(N, H, W, C)``
+images. Write ``xp`` for the padded input and, for one window offset ``(u, v)``, its
+*tap* ``xp[:, u::s, v::s]`` cut to the output's size: the value each window holds at
+that offset. A window's output is the max (or mean) of its ``kh * kw`` taps.
+
+The backward rules send ``dy`` back through the taps: each tap's share of ``dy`` is
+spread onto the input rows and columns it came from (``s - 1`` zeros between entries,
+an interior-padded ``lax.pad``), and the spreads are summed, so overlapping windows
+(stride below the window) add up as they should.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from funcnn.nn.conv import Padding, check_image, conv_padding, out_size, pair
+from funcnn.nn.layer import Layer, NoParams
+
+Array = jax.Array
+
+__all__ = ["max_pool", "avg_pool"]
+
+
+def _taps(xp: Array, window, strides, outs):
+    """``[(u, v, tap)]``: for each window offset, ``xp[:, u::s, v::s]`` cut to ``outs``;
+    in row-major order of the offsets."""
+    (kh, kw), (sh, sw), (ho, wo) = window, strides, outs
+    return [(u, v, lax.slice(xp, (0, u, v, 0),
+                             (xp.shape[0], u + (ho - 1) * sh + 1, v + (wo - 1) * sw + 1,
+                              xp.shape[3]), (1, sh, sw, 1)))
+            for u in range(kh) for v in range(kw)]
+
+
+def _spread(g: Array, u: int, v: int, strides, padded_shape) -> Array:
+    """Places ``g[:, i, j]`` at ``[:, u + s*i, v + s*j]`` of a zero array of
+    ``padded_shape``: the transpose of taking a tap."""
+    (sh, sw), (_, hp, wp, _) = strides, padded_shape
+    zero = jnp.zeros((), g.dtype)
+    return lax.pad(g, zero, ((0, 0, 0), (u, hp - u - (g.shape[1] - 1) * sh - 1, sh - 1),
+                             (v, wp - v - (g.shape[2] - 1) * sw - 1, sw - 1), (0, 0, 0)))
+
+
+def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward_taps
+          ) -> Layer:
+    """The shared part of a pooling layer: ``reduce(xp, window, strides)`` on the padded
+    input; ``backward_taps(taps, y, dy)`` yields each tap's share of ``dy``."""
+    window = pair(window, "window", name)
+    strides = pair(stride, "stride", name)
+    if isinstance(padding, str):
+        conv_padding(padding, (1, 1), (1, 1), (1, 1), name)
+    else:
+        conv_padding(padding, (1, 1), window, strides, name)
+
+    def geometry(h, w):
+        pads = conv_padding(padding, (h, w), window, strides, name)
+        outs = tuple(out_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
+        return pads, outs
+
+    def init_fn(key, in_shape, dtype):
+        check_image(name, in_shape)
+        h, w, c = in_shape
+        pads, (ho, wo) = geometry(h, w)
+        if ho < 1 or wo < 1:
+            raise ValueError(f"{name}: window {window} is larger than the padded input "
+                             f"({h + sum(pads[0])}, {w + sum(pads[1])}) for input shape "
+                             f"{in_shape}; use a smaller window or padding='SAME'")
+        return (ho, wo, c), NoParams()
+
+    def apply_fn(params, x, key, train):
+        if not hasattr(x, "shape") or x.ndim != 4:
+            raise ValueError(f"{name}: expected a batch of images (N, H, W, C); got shape "
+                             f"{tuple(getattr(x, 'shape', ()))}")
+        pads, _ = geometry(x.shape[1], x.shape[2])
+        return reduce(_pad(x, pads, pad_value), window, strides)
+
+    def backward_fn(params, tape, dy, key, train):
+        x, y = tape
+        pads, outs = geometry(x.shape[1], x.shape[2])
+        xp = _pad(x, pads, pad_value)
+        dxp = sum(_spread(g, u, v, strides, xp.shape)
+                  for u, v, g in backward_taps(_taps(xp, window, strides, outs), y, dy))
+        return NoParams(), dxp[:, pads[0][0]:pads[0][0] + x.shape[1],
+                               pads[1][0]:pads[1][0] + x.shape[2]]
+
+    return Layer(name, init_fn, apply_fn, backward_fn,
+                 config={"window": window, "stride": strides, "padding": padding})
+
+
+def _pad(x: Array, pads, value) -> Array:
+    if not any(p for pair_ in pads for p in pair_):
+        return x
+    return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
+
+
+def max_pool(window: int | Sequence[int], stride: int | Sequence[int],
+             padding: Padding = "VALID") -> Layer:
+    """The largest value of each ``window`` (``k`` or ``(kh, kw)``), windows ``stride``
+    apart, per channel: ``(N, H, W, C) -> (N, H', W', C)``.
+
+    ``stride`` has no default, because the references disagree (PyTorch: the window;
+    Flax, stax, Equinox: 1); Nielsen's non-overlapping 2x2 pooling is
+    ``max_pool(2, 2)``. ``"VALID"`` padding (default) drops the rows and columns that
+    do not fill a window (Theano's ``ignore_border=True``); ``"SAME"`` pads with -inf.
+
+    Rule: the window's gradient goes to its maximal element. When several elements
+    tie for the max (common after ReLU, where whole windows are 0) all of it goes to
+    the *first* maximal one in row-major order of the window, none to the others: the
+    choice ``jax.grad`` of ``lax.reduce_window`` makes, so both engines agree. (Any
+    split is a valid subgradient; this one keeps the gradient's sum equal to ``dy``'s.)
+    """
+    def reduce(xp, window, strides):
+        return lax.reduce_window(xp, np.array(-np.inf, xp.dtype), lax.max, (1, *window, 1), (1, *strides, 1),
+                                 "VALID")
+
+    # Walk the taps in row-major order; the first tap equal to the window's max, and
+    # not already claimed by an earlier tap, takes the whole dy.
+    def backward_taps(taps, y, dy):
+        free = jnp.ones(y.shape, bool)
+        for u, v, tap in taps:
+            hit = free & (tap == y)
+            free = free & ~hit
+            yield u, v, jnp.where(hit, dy, jnp.zeros((), dy.dtype))
+
+    return _pool("max_pool", window, stride, padding, -jnp.inf, reduce, backward_taps)
+
+
+def avg_pool(window: int | Sequence[int], stride: int | Sequence[int],
+             padding: Padding = "VALID") -> Layer:
+    """The mean of each ``window``, windows ``stride`` apart, per channel.
+
+    ``"SAME"`` pads with zeros that count in the mean (Flax's default,
+    ``count_include_pad=True``). Rule: ``y = (1/(kh*kw)) sum of the taps``, so every
+    tap gets ``dy / (kh*kw)``.
+    """
+    kh, kw = pair(window, "window", "avg_pool")
+
+    def reduce(xp, window, strides):
+        total = lax.reduce_window(xp, np.zeros((), xp.dtype), lax.add, (1, *window, 1),
+                                  (1, *strides, 1), "VALID")
+        return total / (kh * kw)
+
+    def backward_taps(taps, y, dy):
+        share = dy / (kh * kw)
+        for u, v, _ in taps:
+            yield u, v, share
+
+    return _pool("avg_pool", window, stride, padding, 0.0, reduce, backward_taps)

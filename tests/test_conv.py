@@ -1,0 +1,224 @@
+"""Convolution, pooling and layer norm: hand rules against jax.grad and finite
+differences over many geometries, ties in max-pooling, conv nets through fit and sweep
+under both engines, and the errors a user meets with badly shaped images."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from funcnn import backprop, losses, nn, optim, sweep, train
+
+F64 = jnp.float64
+
+
+def _close(a, b, rtol=1e-10):
+    for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+        scale = max(float(np.max(np.abs(v))), 1e-300)
+        np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * scale)
+
+
+def _rule_vs_vjp(layer, params, x, seed=0):
+    """The hand rule and jax.vjp of apply, for one random dy."""
+    y, tape = backprop.forward(layer, params, x, None, False)
+    dy = jax.random.normal(jax.random.key(seed + 1), y.shape, F64)
+    hand = backprop.backward(layer, params, tape, dy, None, False)
+    _, vjp = jax.vjp(lambda p, xx: layer.apply(p, xx), params, x)
+    return hand, vjp(dy)
+
+
+# (input H, W, C), features, kernel, stride, padding
+GEOMETRIES = [
+    ((6, 6, 1), 2, 3, 1, "VALID"),
+    ((7, 5, 3), 4, 3, 2, "VALID"),      # odd sizes, stride 2: the last row is skipped
+    ((7, 6, 1), 2, (3, 2), (2, 1), "SAME"),
+    ((5, 5, 3), 3, 3, 2, "SAME"),
+    ((4, 6, 2), 3, 2, 1, ((1, 2), (0, 3))),   # explicit, asymmetric padding
+    ((5, 4, 1), 2, 2, 3, 2),            # padding wider than the kernel - 1
+    ((8, 8, 3), 5, 5, 1, "VALID"),
+    ((3, 3, 2), 2, 3, 1, "VALID"),      # a 1x1 output
+]
+
+
+@pytest.mark.parametrize("shape,features,kernel,stride,padding", GEOMETRIES)
+def test_conv_rule_equals_jax_grad(shape, features, kernel, stride, padding):
+    layer = nn.conv2d(features, kernel, stride, padding, bias_init="normal")
+    params = layer.init(jax.random.key(0), shape, F64)
+    x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
+    hand, auto = _rule_vs_vjp(layer, params, x)
+    _close(hand, auto)
+    backprop.check(layer, input_shape=shape, batch_size=2, seed=3)
+
+
+POOLS = [(nn.max_pool, (6, 6, 2), 2, 2, "VALID"), (nn.max_pool, (7, 5, 1), 3, 2, "VALID"),
+         (nn.max_pool, (5, 5, 3), 2, 1, "SAME"), (nn.max_pool, (5, 4, 1), (2, 3), (1, 2), 1),
+         (nn.avg_pool, (6, 6, 2), 2, 2, "VALID"), (nn.avg_pool, (7, 5, 1), 3, 2, "SAME"),
+         (nn.avg_pool, (4, 5, 3), (2, 1), 1, ((0, 1), (1, 0)))]
+
+
+@pytest.mark.parametrize("pool,shape,window,stride,padding", POOLS)
+def test_pool_rules_equal_jax_grad(pool, shape, window, stride, padding):
+    layer = pool(window, stride, padding)
+    x = jax.random.normal(jax.random.key(2), (2, *shape), F64)
+    hand, auto = _rule_vs_vjp(layer, nn.NoParams(), x)
+    _close(hand, auto)
+    backprop.check(layer, input_shape=shape, batch_size=2, seed=4)
+
+
+@pytest.mark.parametrize("window,stride", [(2, 2), (3, 1), (2, 1), ((3, 2), (2, 1))])
+def test_max_pool_ties_go_to_the_first_maximum(window, stride):
+    """Ties built on purpose (ReLU zeros, small integers): the whole gradient goes to the
+    first maximal element in row-major order, exactly as jax.grad routes it."""
+    k1, k2 = jax.random.split(jax.random.key(5))
+    x = jax.random.randint(k1, (3, 7, 6, 2), -2, 2).astype(F64)   # many equal values
+    x = x.at[0].set(0.0)                                          # whole windows tie
+    layer = nn.max_pool(window, stride)
+    (_, dx), (_, auto_dx) = _rule_vs_vjp(layer, nn.NoParams(), x)
+    np.testing.assert_allclose(dx, auto_dx, rtol=1e-14, atol=1e-15)  # summation order only
+    # In the all-zero example each window's gradient sits at its top-left element.
+    y, tape = backprop.forward(layer, nn.NoParams(), x, None, False)
+    dy = jnp.ones(y.shape, F64)
+    _, dx = backprop.backward(layer, nn.NoParams(), tape, dy, None, False)
+    sh, sw = nn.conv.pair(stride, "", "")
+    expect = np.zeros(x.shape[1:3])
+    for i in range(y.shape[1]):
+        for j in range(y.shape[2]):
+            expect[i * sh, j * sw] += 1
+    np.testing.assert_array_equal(dx[0, :, :, 0], expect)
+    np.testing.assert_allclose(jnp.sum(dx), jnp.sum(dy))   # no gradient lost or doubled
+
+
+@pytest.mark.parametrize("shape", [(5,), (4, 3), (3, 3, 4)])
+def test_layer_norm_rule(shape):
+    layer = nn.layer_norm()
+    params = nn.LayerNorm(jax.random.normal(jax.random.key(0), shape[-1:], F64),
+                          jax.random.normal(jax.random.key(1), shape[-1:], F64))
+    x = 3.0 + 2.0 * jax.random.normal(jax.random.key(2), (3, *shape), F64)
+    hand, auto = _rule_vs_vjp(layer, params, x)
+    _close(hand, auto)
+    backprop.check(layer, x, params=params)
+
+
+def test_layer_norm_normalises():
+    x = jax.random.normal(jax.random.key(0), (4, 6), F64) * 5 + 2
+    y = nn.layer_norm().apply(nn.layer_norm().init(jax.random.key(0), (6,), F64), x)
+    np.testing.assert_allclose(jnp.mean(y, -1), 0, atol=1e-12)
+    np.testing.assert_allclose(jnp.var(y, -1), 1, rtol=1e-5)
+
+
+def test_one_by_one_conv_equals_dense():
+    conv = nn.conv2d(4, 1)
+    cp = conv.init(jax.random.key(0), (3, 5, 2), F64)
+    dense = nn.dense(4)
+    dp = nn.Dense(cp.w[0, 0], cp.b)
+    x = jax.random.normal(jax.random.key(1), (2, 3, 5, 2), F64)
+    y_conv = conv.apply(cp, x)
+    np.testing.assert_allclose(y_conv, dense.apply(dp, x.reshape(-1, 2)).reshape(y_conv.shape),
+                               rtol=1e-13)
+    # ... and so are their gradients: the conv rule reduces to the dense one.
+    dy = jax.random.normal(jax.random.key(2), y_conv.shape, F64)
+    dcp, dx_c = conv.backward_fn(cp, (x, y_conv), dy, None, False)
+    ddp, dx_d = dense.backward_fn(dp, (x.reshape(-1, 2), None), dy.reshape(-1, 4), None, False)
+    np.testing.assert_allclose(dcp.w[0, 0], ddp.w, rtol=1e-13)
+    np.testing.assert_allclose(dcp.b, ddp.b, rtol=1e-13)
+    np.testing.assert_allclose(dx_c.reshape(-1, 2), dx_d, rtol=1e-13)
+
+
+def test_conv_init_fans_count_the_kernel_taps():
+    w = nn.conv2d(64, 5, init="he").init(jax.random.key(0), (28, 28, 20)).w
+    np.testing.assert_allclose(np.std(w), np.sqrt(2 / (5 * 5 * 20)), rtol=0.05)
+    w = nn.conv2d(8, 3, init="nielsen").init(jax.random.key(0), (9, 9, 4)).w
+    assert w.shape == (3, 3, 4, 8)
+
+
+# ---- conv nets through fit and sweep, both engines ------------------------------------
+
+def _conv_net(features, kernel, stride, pool, act):
+    acts = {"relu": nn.relu, "sigmoid": nn.sigmoid, "tanh": nn.tanh}
+    layers = [nn.conv2d(features, kernel, stride, "SAME"), acts[act]()]
+    if pool == "max":
+        layers.append(nn.max_pool(2, 2))
+    elif pool == "avg":
+        layers.append(nn.avg_pool(2, 1))
+    return nn.serial(*layers, nn.layer_norm(), nn.flatten(), nn.dense(3))
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(features=st.integers(1, 4), kernel=st.integers(1, 3), stride=st.integers(1, 2),
+       pool=st.sampled_from(["max", "avg", "none"]),
+       act=st.sampled_from(["relu", "sigmoid", "tanh"]), channels=st.sampled_from([1, 3]),
+       seed=st.integers(0, 2**16))
+def test_random_conv_nets_train_the_same_under_both_engines(features, kernel, stride, pool,
+                                                           act, channels, seed):
+    model = _conv_net(features, kernel, stride, pool, act)
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(12, 6, 5, channels))
+    y = rng.integers(0, 3, size=12)
+    opt = optim.sgd(0.1)
+    state = train.init_state(model, opt, jax.random.key(seed), x.shape[1:], dtype=F64)
+    runs = [train.fit(model, losses.softmax_cross_entropy, opt, state, x, y, epochs=2,
+                      batch_size=4, engine=e, progress=False) for e in ("backprop", "jax")]
+    (s1, h1), (s2, h2) = runs
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
+    _close(s1.params, s2.params, rtol=1e-9)
+
+
+def test_conv_sweep_equals_fit():
+    """A sweep of a conv model (the CPU default: a loop, never vmapped convolutions)
+    gives each configuration what fit gives it."""
+    model = nn.serial(nn.conv2d(3, 3), nn.relu(), nn.max_pool(2, 2), nn.flatten(), nn.dense(2))
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(16, 6, 6, 1)), rng.integers(0, 2, size=16)
+    space = sweep.grid(learning_rate=[0.05, 0.2])
+    res = sweep.run(model, losses.softmax_cross_entropy, optim.sgd(0.1), x, y, space,
+                    epochs=2, batch_size=8, dtype=F64)
+    if jax.default_backend() == "cpu":
+        assert res.strategy != "vmap"
+    for i, lr in enumerate([0.05, 0.2]):
+        opt = optim.sgd(lr)
+        state = train.init_state(model, opt, jax.random.key(0), (6, 6, 1), dtype=F64)
+        state, hist = train.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
+                                epochs=2, batch_size=8, progress=False)
+        np.testing.assert_allclose(res.history["loss"][i], hist["loss"], rtol=1e-9)
+        _close(res.params_of(i), state.params, rtol=1e-9)
+
+
+# ---- bad input --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make,shape,match", [
+    (lambda: nn.conv2d(4, 3), (28, 28), r"no channel axis.*x\[\.\.\., None\]"),
+    (lambda: nn.conv2d(4, 3), (1, 28, 28), r"channels-first.*x\.transpose\(0, 2, 3, 1\)"),
+    (lambda: nn.conv2d(4, 3), (3, 32, 32), r"channels-last"),
+    (lambda: nn.conv2d(4, 7), (5, 5, 1), r"kernel \(7, 7\) is larger than the padded input"),
+    (lambda: nn.max_pool(3, 3), (2, 8, 1), r"max_pool: window \(3, 3\) is larger"),
+    (lambda: nn.avg_pool(2, 2), (28, 28), r"avg_pool.*no channel axis"),
+])
+def test_bad_image_shapes_name_the_fix(make, shape, match):
+    with pytest.raises(ValueError, match=match):
+        make().init(jax.random.key(0), shape)
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.conv2d(4, 0), r"conv2d: kernel_size must be an int >= 1"),
+    (lambda: nn.conv2d(4, 3, stride=0), r"conv2d: stride must be an int >= 1"),
+    (lambda: nn.conv2d(0, 3), r"conv2d: features must be a positive int"),
+    (lambda: nn.conv2d(4, 3, padding="FULL"), r"conv2d: padding must be"),
+    (lambda: nn.conv2d(4, 3, padding=-1), r"conv2d: padding must be"),
+    (lambda: nn.max_pool(0, 1), r"max_pool: window must be an int >= 1"),
+    (lambda: nn.avg_pool(2, (1, 0)), r"avg_pool: stride must be"),
+    (lambda: nn.layer_norm(eps=0), r"layer_norm: eps must be > 0"),
+])
+def test_bad_layer_settings(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_channel_first_batch_at_apply_names_the_transpose():
+    layer = nn.conv2d(2, 3)
+    params = layer.init(jax.random.key(0), (8, 8, 3))
+    with pytest.raises(ValueError, match=r"x\.transpose\(0, 2, 3, 1\)"):
+        layer.apply(params, jnp.zeros((2, 3, 8, 8)))
+    with pytest.raises(ValueError, match=r"batch of images \(N, H, W, C\)"):
+        layer.apply(params, jnp.zeros((8, 8, 3)))
