@@ -24,7 +24,7 @@ of epochs::
   configuration;
 * penalty strengths: ``l1`` and ``l2`` (one coefficient on every weight and bias,
   ``train.Penalty(l1, l2)``) or ``weight_l1``, ``weight_l2``, ``bias_l1``, ``bias_l2``
-  (the NNFS per-dense-layer form, :func:`funcnn.train.dense_penalty`); or the
+  (the NNFS per-layer form on dense and conv layers, :func:`funcnn.train.dense_penalty`); or the
   arguments of a penalty factory ``penalty=lambda l2: train.Penalty(l2=l2)``;
 * the arguments of a model factory, such as a dropout rate (below).
 

@@ -64,14 +64,19 @@ jax.tree_util.register_dataclass(Penalty, data_fields=["l1", "l2"], meta_fields=
 
 def dense_penalty(params: Any, *, weight_l1: float = 0.0, weight_l2: float = 0.0,
                   bias_l1: float = 0.0, bias_l2: float = 0.0) -> Penalty:
-    """The same NNFS-style penalty on every dense layer (weights and biases apart).
+    """The same NNFS-style penalty on every weighted layer (weights and biases apart).
 
-    For per-layer values build :class:`Penalty` trees by hand, or use this on a slice.
+    Weighted layers are those with ``w`` and ``b``: :class:`funcnn.nn.Dense` and
+    :class:`funcnn.nn.Conv` (Nielsen's network3 decays both); other parameters (a
+    layer norm's scale and bias) get 0. For per-layer values build :class:`Penalty`
+    trees by hand, or use this on a slice.
     """
+    weighted = (nn.Dense, nn.Conv)
+
     def coeffs(w, b):
-        return jax.tree.map(lambda node: nn.Dense(w=w, b=b) if isinstance(node, nn.Dense)
+        return jax.tree.map(lambda node: type(node)(w=w, b=b) if isinstance(node, weighted)
                             else jax.tree.map(lambda _: 0.0, node),
-                            params, is_leaf=lambda node: isinstance(node, nn.Dense))
+                            params, is_leaf=lambda node: isinstance(node, weighted))
     return Penalty(l1=coeffs(weight_l1, bias_l1), l2=coeffs(weight_l2, bias_l2))
 
 
