@@ -222,3 +222,70 @@ def test_channel_first_batch_at_apply_names_the_transpose():
         layer.apply(params, jnp.zeros((2, 3, 8, 8)))
     with pytest.raises(ValueError, match=r"batch of images \(N, H, W, C\)"):
         layer.apply(params, jnp.zeros((8, 8, 3)))
+
+
+# ---- Nielsen's network3 set-ups and the chapter-6 script -------------------------------
+
+def test_network3_matches_the_book():
+    from funcnn import book
+    model, eta, lmbda = book.network3("dbl_conv_relu")
+    assert (eta, lmbda) == (0.03, 0.1)
+    params = model.init(jax.random.key(0), (28, 28, 1))
+    shapes = [leaf.shape for leaf in jax.tree.leaves(params)]
+    assert shapes == [(5, 5, 1, 20), (20,), (5, 5, 20, 40), (40,), (640, 100), (100,),
+                      (100, 10), (10,)]
+    conv1, conv2, fc, soft = params[0], params[3], params[7], params[9]
+    # N(0, 1/n_out), n_out = filters * 25 / 4; biases N(0, 1); the softmax layer zero.
+    np.testing.assert_allclose(np.std(conv2.w), np.sqrt(4 / (40 * 25)), rtol=0.05)
+    np.testing.assert_allclose(np.std(conv1.w), np.sqrt(4 / (20 * 25)), rtol=0.15)
+    np.testing.assert_allclose(np.std(fc.w), np.sqrt(1 / 100), rtol=0.05)
+    assert 0.5 < np.std(conv2.b) < 1.5 and np.all(soft.w == 0) and np.all(soft.b == 0)
+    assert model.output_shape((28, 28, 1)) == (10,)
+    pen = book.network3_penalty(params, 0.1, 5000)
+    # 0.5 * lmbda * sum(W^2) / num_batches over every layer's weights, no biases.
+    want = 0.5 * 0.1 / 5000 * sum(float(jnp.sum(p.w ** 2)) for p in (conv1, conv2, fc, soft))
+    np.testing.assert_allclose(pen.value(params), want, rtol=1e-5)
+    assert book.network3_penalty(params, 0.0, 5000) is None
+    with pytest.raises(ValueError, match="unknown network"):
+        book.network3("lenet")
+
+
+def test_nielsen_conv_script_pieces(tmp_path, monkeypatch):
+    """The chapter-6 script end to end on MNIST-shaped random images (the real run
+    needs the MNIST files): the expanded set, chunked accuracy, and a run folder with
+    Nielsen's figure (test accuracy at the best validation epoch)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from funcnn import experiment
+    path = Path(__file__).resolve().parents[1] / "experiments" / "nielsen_conv.py"
+    spec = importlib.util.spec_from_file_location("_exp_nielsen_conv", path)
+    nc = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, nc)
+    spec.loader.exec_module(nc)
+
+    img = np.arange(2 * 28 * 28, dtype=np.float32).reshape(2, 28, 28, 1)
+    big = nc.shifted(img)
+    assert big.shape == (10, 28, 28, 1)
+    np.testing.assert_array_equal(big[0], img[0])
+    np.testing.assert_array_equal(big[1, 1:], img[0, :-1])        # down one pixel
+    assert np.all(big[1, 0] == 0) and np.all(big[4, :, -1] == 0)  # zeros shifted in
+
+    rng = np.random.default_rng(0)
+
+    def fake(n):
+        return rng.random((n, 28, 28, 1), dtype=np.float32), rng.integers(0, 10, n)
+
+    model, _, _ = nc.book.network3("basic_conv")
+    params = model.init(jax.random.key(0), (28, 28, 1))
+    xv, yv = fake(1003)
+    want = int(np.sum(np.argmax(model.apply(params, xv), 1) == yv))
+    assert int(nc.counter(model, chunk=500)(params, xv, yv)) == want
+
+    monkeypatch.setattr(nc, "load", lambda cfg: (fake(40), fake(30), fake(20)))
+    cfg = nc.Config(network="basic_conv", epochs=2, train_size=40)
+    result = experiment.execute("nielsen_conv", cfg, nc.run, seed=0, runs_dir=tmp_path,
+                                plots=False)
+    assert set(result) >= {"test_accuracy_at_best_val", "best_val_accuracy", "best_epoch"}
+    assert cfg.eta == 0.1 and nc.Config(network="dbl_conv_relu").lmbda == 0.1

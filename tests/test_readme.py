@@ -37,6 +37,8 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     h5 = scope["history5"]
     assert h5["grad_norm[0].b"].shape == (20,) and "saturation[1]" in h5.metrics
     assert (tmp_path / "speed_of_learning.png").exists()
+    # "Convolutional networks": a conv net learns the bars
+    assert scope["history6"]["accuracy"][-1] > 0.9
     assert "total" in capsys.readouterr().out
 
 
