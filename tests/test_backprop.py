@@ -155,6 +155,35 @@ def _act_rule(fn):
     return lambda p, tape, dy, key, train: (nn.NoParams(), fn(*tape, dy))
 
 
+def _conv_rule(flip=True, swap=True, stride=1):
+    """conv2d's rule (VALID, 3x3) with one step of its derivation left out."""
+    from funcnn.nn import conv
+
+    def rule(p, tape, dy, key, train):
+        x, _ = tape
+        w = p.w if swap else p.w.transpose(0, 1, 3, 2)  # conv_input_grad swaps it back
+        w = w if flip else jnp.flip(w, (0, 1))           # ... and flips it back
+        pads = ((0, 0), (0, 0))
+        dw = conv.conv_weight_grad(x, dy, (3, 3), (1, 1), pads)  # stride forgotten if 2
+        dx = conv.conv_input_grad(dy, w, x.shape[1:3], (stride, stride), pads)
+        return nn.Conv(dw, jnp.sum(dy, (0, 1, 2))), dx
+    return rule
+
+
+def _pool_whole_window(p, tape, dy, key, train):
+    x, _ = tape
+    spread = jnp.broadcast_to(dy[:, :, None, :, None, :], (x.shape[0], x.shape[1] // 2, 2,
+                                                         x.shape[2] // 2, 2, x.shape[3]))
+    return nn.NoParams(), spread.reshape(x.shape)
+
+
+def _norm_without_mean(p, tape, dy, key, train):
+    xhat, r = tape
+    g = dy * p.scale[None, :]
+    dx = r * (g - xhat * jnp.mean(g * xhat, axis=-1, keepdims=True))
+    return nn.LayerNorm(jnp.sum(dy * xhat, 0), jnp.sum(dy, 0)), dx
+
+
 SQ = nn.dense(5)  # square W (5 -> 5): a transposed W still has the right shape
 LAYER_MUTANTS = {
     "dense: dx with W instead of W^T": (_mutant(SQ, _dense_rule(
@@ -190,6 +219,16 @@ LAYER_MUTANTS = {
         nn.serial(nn.dense(4), nn.relu(), nn.dense(4)),
         lambda p, tapes, dy, key, train, run: _forward_order(p, tapes, dy, key, train, run)),
         (4,)),
+    "conv2d: input gradient with the kernel not flipped": (_mutant(
+        nn.conv2d(3, 3), _conv_rule(flip=False)), (5, 5, 2)),
+    "conv2d: input gradient with channels not swapped (square kernel)": (_mutant(
+        nn.conv2d(2, 3), _conv_rule(swap=False)), (5, 5, 2)),
+    "conv2d: stride ignored in the weight gradient": (_mutant(
+        nn.conv2d(2, 3, stride=2), _conv_rule(stride=2)), (7, 7, 1)),
+    "max_pool: gradient spread over the whole window": (_mutant(
+        nn.max_pool(2, 2), _pool_whole_window), (4, 4, 1)),
+    "layer_norm: the mean's gradient forgotten": (_mutant(
+        nn.layer_norm(), _norm_without_mean), (5,)),
 }
 
 
