@@ -52,6 +52,22 @@ def test_conv_rule_equals_jax_grad(shape, features, kernel, stride, padding):
     backprop.check(layer, input_shape=shape, batch_size=2, seed=3)
 
 
+@pytest.mark.parametrize("shape,features,kernel,stride,padding", GEOMETRIES)
+def test_weight_gradient_im2col_equals_convolution_form(shape, features, kernel, stride,
+                                                        padding):
+    """dW is computed by im2col unless the patches are large; both forms agree."""
+    from funcnn.nn import conv
+    layer = nn.conv2d(features, kernel, stride, padding)
+    params = layer.init(jax.random.key(0), shape, F64)
+    x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
+    dy = jax.random.normal(jax.random.key(2), layer.apply(params, x).shape, F64)
+    window, strides = conv.pair(kernel, "", ""), conv.pair(stride, "", "")
+    pads = conv.conv_padding(padding, shape[:2], window, strides, "")
+    a = conv.conv_weight_grad(x, dy, window, strides, pads)
+    b = conv._conv_weight_grad_by_conv(x, dy, window, strides, pads)
+    np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+
+
 POOLS = [(nn.max_pool, (6, 6, 2), 2, 2, "VALID"), (nn.max_pool, (7, 5, 1), 3, 2, "VALID"),
          (nn.max_pool, (5, 5, 3), 2, 1, "SAME"), (nn.max_pool, (5, 4, 1), (2, 3), (1, 2), 1),
          (nn.avg_pool, (6, 6, 2), 2, 2, "VALID"), (nn.avg_pool, (7, 5, 1), 3, 2, "SAME"),

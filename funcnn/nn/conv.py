@@ -34,12 +34,14 @@ where ``W`` is zero outside its ``kh x kw`` support. That is a *full* convolutio
 input and output channels swapped: ``W'[u, v, o, c] = W[kh-1-u, kw-1-v, c, o]``.
 Crop ``dxp`` to the unpadded input and that is ``dx``.
 
-Why write these two convolutions by hand, when ``jax.grad`` derives them? Its
-derivation (``lax.conv_general_dilated``'s transpose rules) expresses them with
+Why write these by hand, when ``jax.grad`` derives them? Its derivation
+(``lax.conv_general_dilated``'s transpose rules) expresses both as convolutions with
 swapped dimension numbers, which XLA's CPU backend runs far slower than a convolution
 in the layout it is tuned for, especially inside a ``lax.scan`` (jax-ml/jax#12868).
-Here both are written in canonical NHWC/HWIO layout with explicit flips and
-transposes; ``benchmarks/bench_conv.py`` measures the difference.
+Here ``dx`` is a convolution in canonical NHWC/HWIO layout with an explicit flip and
+transpose, and ``dW`` one matmul of the input's patches with ``dy`` (im2col; as a
+canonical convolution when the patches would be large); ``benchmarks/bench_conv.py``
+measures the difference.
 """
 
 from __future__ import annotations
@@ -240,14 +242,44 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
                          "padding": padding, "init": init, "bias_init": bias_init})
 
 
+# Above this many patch entries (kh * kw * C_in * N * Ho * Wo, 64 MiB in float32) the
+# weight gradient is computed as a convolution rather than by im2col, to bound memory.
+IM2COL_MAX = 1 << 24
+
+
 def conv_weight_grad(x: Array, dy: Array, window: tuple[int, int], strides: tuple[int, int],
                      pads: tuple[tuple[int, int], ...]) -> Array:
     """``dW[u, v, c, o] = sum_{n,i,j} xp[n, s*i+u, s*j+v, c] dy[n, i, j, o]``.
 
-    A convolution of the channels-as-batch input ``(C, H, W, N)`` with ``dy`` as an
-    ``(Ho, Wo, N, O)`` kernel whose taps are ``s`` apart; the result ``(C, kh, kw, O)``
-    is transposed to HWIO.
+    For each kernel tap ``(u, v)`` the input values it met form a "patch" of shape
+    ``(N, Ho, Wo, C)``; stacked, the patches are an ``(N*Ho*Wo, kh*kw*C)`` matrix
+    (im2col) and ``dW`` is one matmul of its transpose with ``dy``. Measured on a
+    2-core CPU for Nielsen's nets (``benchmarks/bench_conv.py``), that beats the same
+    sum written as a convolution (the channels-as-batch input ``(C, H, W, N)`` with
+    ``dy`` as an ``(Ho, Wo, N, O)`` kernel, taps ``s`` apart) by 1.3x, and 3-5x for a
+    one-channel input, where that convolution has a huge kernel and a 5x5 output.
+    Larger problems (more than ``IM2COL_MAX`` patch entries) use the convolution,
+    which needs no patch matrix.
     """
+    kh, kw = window
+    n, ho, wo, o = dy.shape
+    c = x.shape[-1]
+    if kh * kw * c * n * ho * wo > IM2COL_MAX:
+        return _conv_weight_grad_by_conv(x, dy, window, strides, pads)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0))) if any(map(any, pads)) else x
+    patches = [lax.slice(xp, (0, u, v, 0), (n, u + (ho - 1) * strides[0] + 1,
+                                            v + (wo - 1) * strides[1] + 1, c),
+                         (1, *strides, 1)) for u in range(kh) for v in range(kw)]
+    dy2 = dy.reshape(n * ho * wo, o)
+    if c == 1:   # (kh*kw, N*Ho*Wo) is already the layout the matmul wants
+        cols = jnp.stack([p.reshape(-1) for p in patches])
+        return (cols @ dy2).reshape(kh, kw, 1, o)
+    cols = jnp.stack(patches, axis=3).reshape(n * ho * wo, kh * kw * c)
+    return (cols.T @ dy2).reshape(kh, kw, c, o)
+
+
+def _conv_weight_grad_by_conv(x, dy, window, strides, pads):
+    """:func:`conv_weight_grad` as a convolution, in canonical NHWC/HWIO layout."""
     kh, kw = window
     ho, wo = dy.shape[1], dy.shape[2]
     # Pad as the forward pass did, but end at the last row and column a window reads
