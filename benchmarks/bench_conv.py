@@ -24,6 +24,11 @@ batch size, one timed run is a fixed number of steps (200 at batch 10, 20 at 128
   gradients, the second convolution's input gradient, the dense layers) divided by
   the rate of a 2048x2048 float32 matmul on this machine. Target: fit within 4x.
 
+``--sweep`` adds a sweep of four learning rates of the same net (``sweep.run``, 100
+steps of batch 10 each) under ``strategy="auto"`` and each explicit strategy: on a
+CPU ``vmap`` turns the convolutions into grouped convolutions, which XLA runs slower
+than a loop over configurations, so ``auto`` must not pick it there.
+
 Timing: every contender runs once untimed (compiles), then ``--repeat`` interleaved
 rounds (``_timing.interleaved_times``); a time is the median. Ratios are within one
 run only: the machine's speed changes from week to week.
@@ -43,7 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from _timing import env_line, interleaved_times, print_table
-from funcnn import book, losses, optim, train
+from funcnn import book, losses, optim, sweep, train
 
 LR = 0.1
 
@@ -189,6 +194,30 @@ def equinox_contender(x, y, batch):
     return {"Equinox": run}
 
 
+def bench_sweep(repeat: int) -> None:
+    model, _, _ = book.network3("dbl_conv")
+    x, y = data(100, 10)
+    space = sweep.grid(learning_rate=[0.03, 0.1, 0.3, 1.0])
+    opt = optim.sgd(LR)
+    fns, labels = {}, {}
+    for kw in ({"strategy": "auto"}, {"strategy": "vmap"},
+               {"strategy": "chunked", "chunk_size": 1}, {"strategy": "loop"}):
+        def call(kw=kw):
+            res = sweep.run(model, losses.softmax_cross_entropy, opt, x, y, space, epochs=1,
+                            batch_size=10, keep_params=False, **kw)
+            labels[kw["strategy"]] = res.strategy + (f", chunk {res.chunk_size}"
+                                                     if res.chunk_size else "")
+            return res.history["loss"]
+        fns[kw["strategy"]] = call
+    times = interleaved_times(fns, warmup=1, repeat=repeat, number=1)
+    best = min(float(np.median(v)) for v in times.values())
+    rows = [(f"{k} ({labels[k]})", float(np.median(v)), float(np.median(v)) / best)
+            for k, v in times.items()]
+    print(f"\nsweep of 4 learning rates, dbl_conv, 100 steps of batch 10 each, median of "
+          f"{repeat} (load average {os.getloadavg()[0]:.2f}):")
+    print_table(rows, ["strategy", "s/sweep", "x fastest"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", default="10,128", help="batch sizes, comma-separated")
@@ -196,6 +225,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--scale", action="store_true", help="GPU: 10x the steps per run")
     ap.add_argument("--skip-peers", action="store_true", help="no Flax / Equinox rows")
+    ap.add_argument("--sweep", action="store_true", help="also time sweep strategies")
     args = ap.parse_args()
     print(env_line())
     rate = matmul_rate()
@@ -223,6 +253,8 @@ def main() -> None:
         print_table(rows, ["contender", "ms/step", "x funcnn fit (backprop)"])
         print(f"funcnn fit: {ms['funcnn fit (jax)'] / hand:.1f}x faster than engine='jax'; "
               f"{hand / floor:.1f}x the matmul floor")
+    if args.sweep:
+        bench_sweep(args.repeat)
 
 
 if __name__ == "__main__":
