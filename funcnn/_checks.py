@@ -19,3 +19,27 @@ def concrete(x: Any) -> np.ndarray | None:
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError,
             TypeError):
         return None
+
+
+def tree_mismatch(expected: Any, given: Any) -> str | None:
+    """Where ``given`` differs from ``expected`` in structure or leaf shapes, as text
+    naming the first differing leaf (``None`` when they match). Leaves may be arrays,
+    tracers or ``jax.ShapeDtypeStruct``; only shapes are compared, never values, so
+    this works inside ``jit``."""
+    want = jax.tree_util.tree_flatten_with_path(expected)[0]
+    got = jax.tree_util.tree_flatten_with_path(given)[0]
+    for (wp, wl), (gp, gl) in zip(want, got):
+        if wp != gp:
+            return (f"expected a leaf at {jax.tree_util.keystr(wp) or '(root)'}, found one at "
+                    f"{jax.tree_util.keystr(gp) or '(root)'}")
+        ws, gs = tuple(np.shape(wl)), tuple(np.shape(gl))
+        if ws != gs:
+            return f"{jax.tree_util.keystr(wp) or '(root)'} has shape {gs}, expected {ws}"
+    if len(want) != len(got):
+        extra = (got if len(got) > len(want) else want)[min(len(want), len(got))][0]
+        which = "unexpected leaf" if len(got) > len(want) else "missing leaf"
+        return f"{which} at {jax.tree_util.keystr(extra) or '(root)'}"
+    if jax.tree.structure(expected) != jax.tree.structure(given):
+        return (f"the tree's node types differ: expected {jax.tree.structure(expected)}, got "
+                f"{jax.tree.structure(given)}")
+    return None

@@ -1,14 +1,16 @@
 """Checkpoints: save and load any pytree as one verified ``.npz`` file, never pickle.
 
 A checkpoint is a plain zip archive (readable by ``np.load(..., allow_pickle=False)``
-and by ``unzip``) holding:
+and by ``unzip``) holding, uncompressed:
 
+* ``__funcnn__.json`` first, so a file says what it is in its first bytes: format
+  name and version, the tree structure as text (for error messages only), one
+  record per leaf (path, member, kind, shape, dtype, PRNG impl, sha256 of the raw
+  bytes), the user's metadata, and a sha256 over all of the above;
 * one ``.npy`` member per leaf, named after the leaf's tree path
   (``jax.tree_util.keystr``, e.g. ``['params'].w.npy``; a lone root leaf is ``<root>``);
-* ``__funcnn__.json``: format name and version, the tree structure as text (for
-  error messages only), one record per leaf (path, member, kind, shape, dtype,
-  PRNG impl, sha256 of the raw bytes), the user's metadata, and a sha256 over all
-  of the above.
+* as the zip comment, the file's last bytes: ``funcnn-sha256:`` and 64 hex digits,
+  the sha256 of the whole file with those digits read as ``0``.
 
 Leaf kinds:
 
@@ -19,24 +21,41 @@ Leaf kinds:
 * ``"key"``: a typed PRNG key array (``jax.random.key``); stored as
   ``jax.random.key_data`` plus the impl name, and loaded back as a typed key.
 
-Loading never executes anything from the file: the JSON is parsed with ``json``,
-arrays with ``allow_pickle=False``, and the structure comes from the caller's
-``template``, not from the file. Saving is atomic: a temporary file in the target
-folder is written, fsynced and ``os.replace``-d onto the target, so a crash leaves
-either the old checkpoint or the new one, never half of one.
+Loading reads the file once and checks the whole-file sha256 before parsing any of
+it, so a damaged file (one flipped bit anywhere, a truncated copy) is refused with
+:class:`CheckpointError` and never parsed. Version 1 files, written before the
+whole-file sha256, are still read: their header checksum and zip CRCs are checked
+instead, and the per-leaf sha256s in both versions. Every parse step is guarded as
+well: no failure escapes as another exception type, and no size read from the file
+is allocated before it is checked against the bytes actually there. Nothing from
+the file is executed: the JSON is parsed with ``json``, ``.npy`` headers with numpy's
+``literal_eval``-based reader (object arrays refused), and the structure comes from
+the caller's ``template``.
+
+Loading never narrows: with ``jax_enable_x64`` off, a 64-bit leaf that jax would
+turn into 32 bits (2**40 into 0) raises :class:`NarrowingError` instead.
+
+Saving is atomic: a temporary file ``.<name>.<12 hex>.tmp`` in the target folder is
+written, fsynced and ``os.replace``-d onto the target, so a crash leaves either the
+old checkpoint or the new one, never half of one. A temporary file of that exact
+name left by a save that was killed is removed by the next save to the same path.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import json
+import math
 import operator
 import os
 import re
+import struct
 import zipfile
+import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -45,19 +64,36 @@ import numpy as np
 from funcnn._atomic import atomic_write
 
 FORMAT = "funcnn.checkpoint"
-VERSION = 1
+VERSION = 2  # 2: whole-file sha256 in the zip comment, header first; 1 is still read
 HEADER = "__funcnn__.json"
 _ZIP_MAGIC = b"PK\x03\x04"
 _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed member timestamps: same tree, same bytes
 _STEP_FILE = re.compile(r"^ckpt_(\d+)\.npz$")
+_SEAL = b"funcnn-sha256:"  # zip comment: this, then the 64 hex digits of the file's sha256
+_DIGITS = 64
+_NPY_HEAD = 65536 + 16  # the most a .npy header we accept can take (numpy caps it at 10000)
 
 
 class CheckpointError(ValueError):
     """A checkpoint file is damaged, not a funcnn checkpoint, or does not fit the template."""
 
 
+class NarrowingError(CheckpointError):
+    """The checkpoint is intact and fits the template, but jax (``jax_enable_x64`` off)
+    would narrow some of its 64-bit leaves to 32 bits."""
+
+
+class CheckpointVersionError(CheckpointError):
+    """The checkpoint's header names a format version newer than this funcnn reads: the
+    file is most likely intact, written by a newer funcnn (not damage: keep it)."""
+
+
 def _fail(path: Path, problem: str) -> CheckpointError:
     return CheckpointError(f"checkpoint {path}: {problem}")
+
+
+def _damaged(path: Path, problem: str) -> CheckpointError:
+    return CheckpointError(f"checkpoint {path}: damaged funcnn checkpoint: {problem}")
 
 
 # ---------------------------------------------------------------- leaf encoding
@@ -110,7 +146,7 @@ def _encode(path: str, leaf: Any) -> tuple[dict, np.ndarray]:
                 f"checkpoint leaf {path or '<root>'} has type {type(leaf).__name__} with dtype "
                 f"{arr.dtype}; expected a numeric array, Python scalar or typed PRNG key. "
                 "Fix: keep non-array values (strings, objects) out of the tree, e.g. in metadata.")
-        arr = arr.astype(dtype, copy=False)  # native byte order
+        arr = arr.astype(dtype, order="C", copy=False)  # native byte order, C order
         data = arr.view(_storage_dtype(dtype))
         entry = {"kind": "array", "shape": list(arr.shape), "dtype": dtype.name}
     entry.update(path=path, member=_member_name(path), sha256=_sha256(data))
@@ -151,12 +187,57 @@ def _check_folder(target: Path) -> Path:
     return folder
 
 
+def _remove_stale_temps(target: Path) -> None:
+    """Delete the temporary files a killed save to ``target`` left behind.
+
+    Only regular files named exactly as ``atomic_write`` names its temporaries for
+    ``target`` (``.<name>.<12 hex digits>.tmp``) are removed: a checkpoint's worth of
+    disk each. A save to the same path running at this moment in another process
+    would lose its temporary and fail loudly; two writers of one file are not supported.
+    """
+    stale = re.compile(re.escape(f".{target.name}.") + r"[0-9a-f]{12}\.tmp")
+    with contextlib.suppress(OSError), os.scandir(target.parent) as found:
+        for entry in found:
+            if stale.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+
+
+class _HashingWriter:
+    """A write-only, unseekable stream onto ``f`` that hashes every byte written.
+
+    Having no ``seek``, it makes zipfile put each member's CRC and sizes after its
+    data (a data descriptor) instead of seeking back to patch them, so each byte is
+    final when it is hashed and the file is hashed as it is written, not read back.
+    """
+
+    def __init__(self, f) -> None:
+        self._f, self.sha, self.pos = f, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        n = memoryview(data).nbytes
+        self._f.write(data)
+        self.sha.update(data)
+        self.pos += n
+        return n
+
+    def tell(self) -> int:
+        return self.pos
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
 def _write_zip(f, entries: list[dict], arrays: list[np.ndarray], header: dict) -> None:
-    with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+    out = _HashingWriter(f)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        zf.comment = _SEAL + b"0" * _DIGITS  # the digits are hashed as zeros, then filled in
+        zf.writestr(zipfile.ZipInfo(HEADER, _ZIP_TIME), json.dumps(header, indent=1, sort_keys=True))
         for entry, data in zip(entries, arrays):
             with zf.open(zipfile.ZipInfo(entry["member"], _ZIP_TIME), "w", force_zip64=True) as m:
                 np.lib.format.write_array(m, data, allow_pickle=False)
-        zf.writestr(zipfile.ZipInfo(HEADER, _ZIP_TIME), json.dumps(header, indent=1, sort_keys=True))
+    f.seek(out.pos - _DIGITS)  # the comment is the archive's last bytes
+    f.write(out.sha.hexdigest().encode())
 
 
 def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) -> Path:
@@ -165,10 +246,11 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
     ``metadata`` is a JSON-serialisable dict stored in the header (read it back with
     :func:`load_metadata`); it goes through JSON, so tuples become lists and dict keys
     strings. The write is atomic; on any error the previous file at ``path`` is
-    untouched and the temporary file is removed. Returns the path written.
+    untouched and the temporary file is removed. Temporary files that an earlier,
+    killed save to ``path`` left are removed first. Returns the path written.
     """
     target = Path(path)
-    folder = _check_folder(target)
+    _check_folder(target)
     if metadata is None:
         metadata = {}
     if not isinstance(metadata, dict):
@@ -194,6 +276,7 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
               "leaves": entries, "metadata": metadata}
     header["checksum"] = _header_checksum(header)
 
+    _remove_stale_temps(target)  # before writing: frees their disk for the new file
     with atomic_write(target, what="checkpoint folder") as f:
         _write_zip(f, entries, arrays, header)
     return target
@@ -202,18 +285,43 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
 # ---------------------------------------------------------------- loading
 
 
-def _member(npz, name: str, path: Path) -> Any:
-    try:
-        return npz[name]
-    except KeyError:
-        raise _fail(path, f"member {name!r} listed in the header is missing (file damaged)") from None
-    except ValueError as e:
-        if "pickle" in str(e).lower() or "object" in str(e).lower():
-            raise _fail(path, f"member {name!r} is an object array that would need pickle to load; "
-                              "refused (funcnn never unpickles)") from None
-        raise _fail(path, f"member {name!r} is damaged: {e}") from None
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        raise _fail(path, f"member {name!r} is corrupted or truncated: {e}") from None
+def _file_sha256(data: bytes) -> bytes:
+    """The hex sha256 of ``data`` with its last 64 bytes (the seal's digits) read as ``0``."""
+    sha = hashlib.sha256(memoryview(data)[:-_DIGITS])
+    sha.update(b"0" * _DIGITS)
+    return sha.hexdigest().encode()
+
+
+def _sealed(data: bytes) -> bool:
+    """Whether ``data`` ends like a version-2 file: the seal, then 64 bytes of digits."""
+    return len(data) >= len(_SEAL) + _DIGITS and data[-_DIGITS - len(_SEAL):-_DIGITS] == _SEAL
+
+
+def _ours(data: bytes) -> bool:
+    """Whether unreadable ``data`` still looks like a funcnn checkpoint (for the error's wording)."""
+    return _sealed(data) or HEADER.encode() in data
+
+
+def _member_bytes(path: Path, data: bytes, info: zipfile.ZipInfo, check_crc: bool) -> memoryview:
+    """The stored bytes of one zip member, sliced out of ``data`` (no copy) once its local
+    header is checked against the zip directory and every offset against the data's size."""
+    start, name = info.header_offset, info.filename
+    local = data[start:start + 30] if start >= 0 else b""
+    if (len(local) != 30 or local[:4] != _ZIP_MAGIC or info.flag_bits & 0x1
+            or info.compress_type != zipfile.ZIP_STORED or info.compress_size != info.file_size):
+        raise _damaged(path, f"zip member {name!r} has a damaged local header, or is compressed "
+                             "or encrypted (funcnn writes neither)")
+    name_len, extra_len = struct.unpack("<HH", local[26:30])
+    raw_name = info.orig_filename.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
+    begin = start + 30 + name_len + extra_len
+    end = begin + info.compress_size
+    if data[start + 30:start + 30 + name_len] != raw_name or end > len(data):
+        raise _damaged(path, f"zip member {name!r}: its local header or size does not match "
+                             "the zip directory")
+    member = memoryview(data)[begin:end]
+    if check_crc and zlib.crc32(member) != info.CRC:
+        raise _damaged(path, f"zip member {name!r}: CRC mismatch, its bytes are corrupted")
+    return member
 
 
 def _valid_entry(e: Any) -> bool:
@@ -224,86 +332,150 @@ def _valid_entry(e: Any) -> bool:
             and (e["kind"] == "array" or isinstance(e.get("impl"), str)))
 
 
-def _parse_header(raw: bytes, path: Path) -> dict:
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise _fail(path, f"header {HEADER} is not valid JSON (file corrupted): {e}") from None
-    if not isinstance(header, dict) or header.get("format") != FORMAT:
-        raise _fail(path, f"not a funcnn checkpoint (header format is not {FORMAT!r})")
-    if header.get("version") != VERSION:
-        raise _fail(path, f"unsupported format version {header.get('version')!r}; this funcnn reads "
-                          f"version {VERSION}. Fix: load it with the funcnn version that wrote it.")
-    if header.get("checksum") != _header_checksum(header):
-        raise _fail(path, "header checksum mismatch: the file is corrupted")
-    leaves = header.get("leaves")
-    if (not isinstance(leaves, list) or not all(_valid_entry(e) for e in leaves)
-            or not isinstance(header.get("metadata"), dict) or not isinstance(header.get("treedef"), str)):
-        raise _fail(path, "header is malformed (file damaged or written by another tool)")
-    return header
+class _Archive:
+    """A checkpoint file read into memory: its bytes, zip members and verified header.
 
+    ``sealed``: the whole-file sha256 matched (version 2), so every byte is as written;
+    the members of version 1 files are checked against their zip CRCs instead.
+    """
 
-@contextlib.contextmanager
-def _open(path: str | os.PathLike) -> Iterator[tuple[Path, Any]]:
-    """Check that ``path`` is a zip and open it with np.load (no pickle); closes the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist" +
-                                (" (it is a folder)" if path.is_dir() else ""))
-    with path.open("rb") as f:  # our handle: np.load leaks its own when the zip is bad
-        magic = f.read(4)
-        f.seek(0)
-        if magic != _ZIP_MAGIC:
-            kind = "a single .npy array" if magic == b"\x93NUM" else "not a zip/.npz file"
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"checkpoint file {path} does not exist" +
+                                    (" (it is a folder)" if path.is_dir() else ""))
+        self.path = path
+        self.data = data = path.read_bytes()
+        self.sealed = _sealed(data)
+        if self.sealed and data[-_DIGITS:] != _file_sha256(data):
+            raise _damaged(path, f"whole-file sha256 mismatch: some of its {len(data)} bytes changed "
+                                 "after it was written (corrupted on disk or in a copy, or truncated "
+                                 "and overwritten)")
+        if data[:4] != _ZIP_MAGIC:
+            if _ours(data):
+                raise _damaged(path, "it does not start with a zip header (truncated or damaged)")
+            kind = "a single .npy array" if data[:4] == b"\x93NUM" else "not a zip/.npz file"
             raise _fail(path, f"not a funcnn checkpoint ({kind})")
         try:
-            npz = np.load(f, allow_pickle=False)
-        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
-            raise _fail(path, f"truncated or damaged, cannot read it as a zip archive ({e})") from None
-        with npz:
-            yield path, npz
+            with zipfile.ZipFile(io.BytesIO(data)) as zf:  # BytesIO shares data, no copy
+                infos = zf.infolist()
+        except Exception as e:  # whatever zipfile raises on bad bytes, the file is damaged
+            why = f"({type(e).__name__}: {e})"
+            if _ours(data):
+                raise _damaged(path, f"truncated or damaged, cannot read its zip directory {why}") from None
+            raise _fail(path, f"cannot read it as a zip archive {why}: not a funcnn checkpoint, "
+                              "or one truncated or damaged beyond recognition") from None
+        self.members: dict[str, zipfile.ZipInfo] = {}
+        for info in infos:
+            if info.filename in self.members:
+                raise _damaged(path, f"two zip members are named {info.filename!r}")
+            self.members[info.filename] = info
+        if HEADER not in self.members:
+            if _ours(data):
+                raise _damaged(path, f"its zip directory lists no {HEADER}")
+            raise _fail(path, f"not a funcnn checkpoint (a .npz without {HEADER})")
+        self.header = self._parse_header(bytes(self._member(HEADER)))
+
+    def _member(self, name: str) -> memoryview:
+        return _member_bytes(self.path, self.data, self.members[name], check_crc=not self.sealed)
+
+    def _parse_header(self, raw: bytes) -> dict:
+        path = self.path
+        try:
+            header = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise _damaged(path, f"header {HEADER} is not valid JSON: {e}") from None
+        if not isinstance(header, dict):
+            raise _damaged(path, f"header {HEADER} is not a JSON object")
+        intact = header.get("checksum") == _header_checksum(header)
+        if header.get("format") != FORMAT:
+            if intact:
+                raise _fail(path, f"not a funcnn checkpoint (header format is not {FORMAT!r})")
+            raise _damaged(path, "header checksum mismatch, and its format name is wrong")
+        version = header.get("version")
+        if type(version) is int and version > VERSION:
+            raise CheckpointVersionError(
+                f"checkpoint {path}: unsupported format version {version}; this funcnn reads "
+                f"versions 1 to {VERSION}. Fix: load it with the funcnn version that wrote it.")
+        if not intact:
+            raise _damaged(path, "header checksum mismatch: the header is corrupted")
+        leaves = header.get("leaves")
+        if (type(version) is not int or version not in (1, 2) or not isinstance(leaves, list)
+                or not all(_valid_entry(e) for e in leaves)
+                or not isinstance(header.get("metadata"), dict)
+                or not isinstance(header.get("treedef"), str)):
+            raise _damaged(path, "header is malformed (written by another tool?)")
+        if version >= 2 and not self.sealed:
+            raise _damaged(path, "the whole-file sha256 that ends a version-2 file is missing "
+                                 "(truncated or damaged)")
+        return header
+
+    def leaves(self) -> list[np.ndarray]:
+        """Every leaf's stored array, in header order, checked against its header record."""
+        return [self._leaf(e) for e in self.header["leaves"]]
+
+    def _leaf(self, e: dict) -> np.ndarray:
+        path, where = self.path, f"leaf {e['path'] or '<root>'}"
+        if e["member"] not in self.members:
+            raise _damaged(path, f"{where}: member {e['member']!r} listed in the header is missing")
+        data = _npy(path, where, e, self._member(e["member"]))
+        if _sha256(data) != e["sha256"]:
+            raise _damaged(path, f"{where}: checksum mismatch, the array bytes are corrupted")
+        data = data.astype(data.dtype.newbyteorder("="), copy=False)
+        return data.view(_numeric_dtype(e["dtype"])) if e["kind"] == "array" else data
 
 
-def _read_header(path: Path, npz) -> dict:
-    if HEADER not in npz.files:
-        raise _fail(path, f"not a funcnn checkpoint (a .npz without {HEADER})")
-    return _parse_header(_member(npz, HEADER, path), path)
+def _npy(path: Path, where: str, entry: dict, buf: memoryview) -> np.ndarray:
+    """The array in one ``.npy`` member, a read-only view of ``buf`` (no pickle, no copy).
 
-
-def _read_verified(path: str | os.PathLike) -> tuple[Path, dict, list[np.ndarray]]:
-    """The header and every leaf's stored array, each checked against its sha256."""
-    with _open(path) as (path, npz):
-        header = _read_header(path, npz)
-        datas = []
-        for e in header["leaves"]:
-            data = _member(npz, e["member"], path)
-            where = f"leaf {e['path'] or '<root>'}"
-            if not isinstance(data, np.ndarray):
-                raise _fail(path, f"{where}: member {e['member']!r} is not a .npy array")
-            if _sha256(data) != e["sha256"]:
-                raise _fail(path, f"{where}: checksum mismatch, the array bytes are corrupted")
-            data = data.astype(data.dtype.newbyteorder("="), copy=False)
-            if e["kind"] == "array":
-                dtype = _numeric_dtype(e["dtype"])
-                if dtype is None or data.dtype != _storage_dtype(dtype) or list(data.shape) != e["shape"]:
-                    raise _fail(path, f"{where}: stored array {data.dtype}{list(data.shape)} does not "
-                                      f"match its header record {e['dtype']}{e['shape']}")
-                data = data.view(dtype)
-            elif data.dtype.kind != "u" or list(data.shape[:len(e["shape"])]) != e["shape"]:
-                raise _fail(path, f"{where}: stored key data {data.dtype}{list(data.shape)} does not "
-                                  f"match key shape {e['shape']}")
-            datas.append(data)
-    return path, header, datas
+    Its header must agree with the (checksummed) header record, and its data must be
+    exactly the bytes the header's shape needs: nothing is allocated from its numbers.
+    """
+    member = entry["member"]
+    try:  # numpy parses the header dict with ast.literal_eval: anything can go wrong on bad bytes
+        head = io.BytesIO(buf[:_NPY_HEAD])
+        version = np.lib.format.read_magic(head)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f".npy format version {version}, funcnn writes 1.0 and 2.0")
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, fortran, dtype = read_header(head)
+        shape, offset = tuple(shape), head.tell()
+    except Exception as e:  # TokenError, SyntaxError, MemoryError...: all mean damage here
+        raise _damaged(path, f"{where}: member {member!r} has an unreadable .npy header "
+                             f"({type(e).__name__}: {e})") from None
+    if dtype.hasobject:
+        raise _damaged(path, f"{where}: member {member!r} is an object array that would need pickle "
+                             "to load; refused (funcnn never unpickles)")
+    native, want = dtype.newbyteorder("="), entry["shape"]
+    if any(d < 0 for d in shape):
+        fits = False
+    elif entry["kind"] == "array":
+        numeric = _numeric_dtype(entry["dtype"])
+        fits = numeric is not None and native == _storage_dtype(numeric) and list(shape) == want
+    else:
+        fits = native.kind == "u" and list(shape[:len(want)]) == want
+    if not fits:
+        raise _damaged(path, f"{where}: stored array {dtype}{list(shape)} does not match its header "
+                             f"record {entry['dtype']}{want}")
+    payload = buf[offset:]
+    nbytes = math.prod(shape) * dtype.itemsize
+    if len(payload) != nbytes:
+        raise _damaged(path, f"{where}: member {member!r} holds {len(payload)} bytes of data, its "
+                             f"shape needs {nbytes}")
+    data = np.frombuffer(payload, dtype=dtype)
+    return data.reshape(shape[::-1]).T if fortran else data.reshape(shape)
 
 
 def _to_jax(path: Path, entry: dict, data: np.ndarray) -> jax.Array:
     if entry["kind"] == "array":
-        return jnp.asarray(data)
+        return jnp.array(data)  # a copy: the result does not keep the file's bytes alive
     try:
-        return jax.random.wrap_key_data(jnp.asarray(data), impl=entry["impl"])
-    except (TypeError, ValueError, KeyError) as e:
-        raise _fail(path, f"leaf {entry['path']}: cannot rebuild PRNG key with impl "
-                          f"{entry['impl']!r}: {e}") from None
+        return jax.random.wrap_key_data(jnp.array(data), impl=entry["impl"])
+    except Exception as e:  # unknown impl, or key data of the wrong shape for it
+        raise _fail(path, f"leaf {entry['path'] or '<root>'}: cannot rebuild PRNG key with impl "
+                          f"{entry['impl']!r} ({type(e).__name__}: {e}); is that impl "
+                          "available here?") from None
 
 
 def _check_template(path: Path, header: dict, template: Any) -> tuple[list[int], Any]:
@@ -337,34 +509,63 @@ def _check_template(path: Path, header: dict, template: Any) -> tuple[list[int],
     return [stored[p] for p, _ in wanted], treedef
 
 
+def _narrowed(header: dict, order: list[int], datas: list[np.ndarray]) -> list[str]:
+    """The leaves (in template order) whose dtype jax would narrow, e.g. float64 -> float32."""
+    found = []
+    for i in order:
+        e, dtype = header["leaves"][i], datas[i].dtype
+        if e["kind"] == "array" and jax.dtypes.canonicalize_dtype(dtype) != dtype:
+            found.append(f"{e['path'] or '<root>'}: {dtype} -> {jax.dtypes.canonicalize_dtype(dtype)}")
+    return found
+
+
 def load(path: str | os.PathLike, template: Any) -> Any:
     """Read a checkpoint into a tree with ``template``'s structure (jnp arrays, typed keys).
 
     ``template`` gives the structure, shapes, dtypes and key/array kinds expected;
     its leaves may be arrays, ``jax.ShapeDtypeStruct`` s (e.g. from ``jax.eval_shape``)
-    or Python scalars. All checksums are verified first; any problem raises
-    :class:`CheckpointError` naming the file (``FileNotFoundError`` if it is missing).
+    or Python scalars. The whole file is verified before any of it is parsed.
+
+    Raises:
+      FileNotFoundError: there is no file at ``path``; other ``OSError`` s when it
+        cannot be read.
+      CheckpointError: anything else, naming the file: damaged ("damaged funcnn
+        checkpoint"), not a funcnn checkpoint, or not fitting the template. Subclasses:
+        :class:`NarrowingError` when jax, with ``jax_enable_x64`` off, would narrow a
+        64-bit leaf the template asks for (2**40 would come back as 0);
+        :class:`CheckpointVersionError` for a file from a newer funcnn.
     """
-    path, header, datas = _read_verified(path)
-    order, treedef = _check_template(path, header, template)
-    leaves = [_to_jax(path, header["leaves"][i], datas[i]) for i in order]
+    archive = _Archive(path)
+    header, datas = archive.header, archive.leaves()
+    order, treedef = _check_template(archive.path, header, template)
+    if narrowed := _narrowed(header, order, datas):
+        raise NarrowingError(
+            f"checkpoint {archive.path}: jax_enable_x64 is off, so loading would narrow these "
+            "leaves (and change values that do not fit):\n  " + "\n  ".join(narrowed) +
+            "\n  Fix: call jax.config.update(\"jax_enable_x64\", True) before loading, or get "
+            "the leaves at full width with checkpoint.read(path) and cast them explicitly "
+            "(e.g. jnp.asarray(x, jnp.float32)); saving 32-bit leaves avoids this.")
+    leaves = [_to_jax(archive.path, header["leaves"][i], datas[i]) for i in order]
     return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def load_metadata(path: str | os.PathLike) -> dict:
-    """The user metadata of a checkpoint (header checksum verified; arrays not read)."""
-    with _open(path) as (path, npz):
-        return _read_header(path, npz)["metadata"]
+    """The user metadata of a checkpoint (whole file verified, arrays not parsed).
+
+    Raises like :func:`load`: ``FileNotFoundError``, else :class:`CheckpointError`.
+    """
+    return _Archive(path).header["metadata"]
 
 
 def read(path: str | os.PathLike) -> dict[str, np.ndarray | jax.Array]:
-    """Every leaf keyed by its path string, without a template (all checksums verified).
+    """Every leaf keyed by its path string, without a template (whole file verified).
 
-    Array leaves come back as numpy arrays, key leaves as typed jax PRNG keys.
+    Array leaves come back as (writable) numpy arrays at their stored width, whatever
+    ``jax_enable_x64`` says; key leaves as typed jax PRNG keys. Raises like :func:`load`.
     """
-    path, header, datas = _read_verified(path)
-    return {e["path"]: data if e["kind"] == "array" else _to_jax(path, e, data)
-            for e, data in zip(header["leaves"], datas)}
+    archive = _Archive(path)
+    return {e["path"]: data.copy() if e["kind"] == "array" else _to_jax(archive.path, e, data)
+            for e, data in zip(archive.header["leaves"], archive.leaves())}
 
 
 # ---------------------------------------------------------------- run directories

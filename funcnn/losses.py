@@ -22,6 +22,14 @@ Labels are checked at the boundary. Integer labels outside ``[0, classes)`` rais
 their values are known; inside ``jit`` they are not, and JAX would silently clamp an
 index, so there the loss turns NaN instead of quietly training on a wrong label (the
 training loop checks labels before it starts).
+
+Domains too, when the values are known (outside ``jit``): every loss raises for NaN or
+inf; ``categorical_cross_entropy`` for predictions that are not probability rows
+(logits: it would return ~1e-7 for a wrong prediction) and ``binary_cross_entropy`` for
+predictions outside ``[0, 1]``; the categorical losses for soft labels that are not
+distributions (a row summing to 2 doubles the loss); the binary ones for targets
+outside ``[0, 1]`` (a target of 2 makes the loss negative). An empty batch raises even
+inside ``jit``, its shape being known there.
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import metrics
-from funcnn.metrics import Metric, check_pred, check_same, one_hot_targets, poison
+from funcnn.metrics import (Metric, check_distributions, check_pred, check_same,
+                            check_unit_interval, one_hot_targets, poison)
 from funcnn.nn import softmax_fn
 
 Array = jax.Array
@@ -168,6 +177,10 @@ labels) or soft labels. Computed through ``log_softmax``; never clipped."""
 def _cce_value(probs, labels):
     check_pred("categorical_cross_entropy", probs)
     targets, ok = one_hot_targets("categorical_cross_entropy", probs, labels)
+    check_distributions(
+        "categorical_cross_entropy", "pred", probs, "probabilities (a softmax's output: "
+        "each row in [0, 1], summing to 1)", "These look like logits; use "
+        "losses.softmax_cross_entropy on them (or end the model with nn.softmax())")
     clipped = _clip(probs)
     return poison(batch_mean(-jnp.sum(targets * jnp.log(clipped), axis=1)), ok)
 
@@ -186,8 +199,18 @@ categorical_cross_entropy = Loss("categorical_cross_entropy", _cce_value, _cce_g
 ``L = -1/N sum_i sum_c t_ic log clip(p_ic, 1e-7, 1 - 1e-7)``."""
 
 
+def _check_binary_targets(name: str, targets: Array) -> None:
+    # A target outside [0, 1] (e.g. 2) makes the cross-entropy negative, unbounded below.
+    check_unit_interval(name, "target", targets, "Binary targets are 0 or 1 (or "
+                        "probabilities in between)")
+
+
 def _bce_value(probs, targets):
     t = check_same("binary_cross_entropy", probs, targets)
+    _check_binary_targets("binary_cross_entropy", targets)
+    check_unit_interval("binary_cross_entropy", "pred", probs, "binary_cross_entropy "
+                        "takes probabilities (a sigmoid's output); these look like "
+                        "logits: use losses.binary_cross_entropy_with_logits on them")
     p = _clip(probs)
     return -jnp.mean(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
 
@@ -209,6 +232,7 @@ binary_cross_entropy = Loss("binary_cross_entropy", _bce_value, _bce_grad,
 
 def _bce_logits_value(logits, targets):
     t = check_same("binary_cross_entropy_with_logits", logits, targets)
+    _check_binary_targets("binary_cross_entropy_with_logits", targets)
     return jnp.mean(jnp.logaddexp(0.0, logits) - logits * t)
 
 

@@ -11,6 +11,10 @@ import io
 import json
 import os
 import pickle
+import re
+import subprocess
+import sys
+import textwrap
 import zipfile
 from pathlib import Path
 from typing import NamedTuple
@@ -20,7 +24,10 @@ import numpy as np
 import pytest
 
 from funcnn import checkpoint as ckpt
+from funcnn import data, experiment, losses, nn, optim, train
 from funcnn.checkpoint import CheckpointError
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,23 +77,47 @@ def assert_bitwise_equal(a, b) -> None:
         assert bits(jnp.asarray(x)) == bits(y)
 
 
-def rewrite(path: Path, replace: dict) -> None:
-    """Rebuild the zip at `path` with some members' bytes replaced (valid zip CRCs)."""
+def rewrite(path: Path, replace: dict, seal: bool = True) -> None:
+    """Rebuild the zip at `path` with some members' bytes replaced: valid zip CRCs and,
+    with `seal`, a valid whole-file sha256 (what a buggy or forging writer would make),
+    so that the checks behind the whole-file one are reached."""
     with zipfile.ZipFile(path) as zf:
         members = {n: zf.read(n) for n in zf.namelist()}
     members.update(replace)
     with zipfile.ZipFile(path, "w") as zf:
+        if seal:
+            zf.comment = ckpt._SEAL + b"0" * 64
         for name, data in members.items():
             zf.writestr(name, data)
+    if seal:
+        data = path.read_bytes()
+        path.write_bytes(data[:-64] + ckpt._file_sha256(data))
 
 
-def edit_header(path: Path, change, fix_checksum: bool = True) -> None:
+def edit_header(path: Path, change, fix_checksum: bool = True, seal: bool = True) -> None:
     with zipfile.ZipFile(path) as zf:
         header = json.loads(zf.read(ckpt.HEADER))
     change(header)
     if fix_checksum:
         header["checksum"] = ckpt._header_checksum(header)
-    rewrite(path, {ckpt.HEADER: json.dumps(header).encode()})
+    rewrite(path, {ckpt.HEADER: json.dumps(header).encode()}, seal=seal)
+
+
+def make_version_1(path: Path) -> Path:
+    """Rewrite a checkpoint as funcnn wrote version 1: leaves, then the header, sizes
+    patched into the local headers, no whole-file sha256."""
+    with zipfile.ZipFile(path) as zf:
+        members = {n: zf.read(n) for n in zf.namelist()}
+    header = json.loads(members.pop(ckpt.HEADER))
+    header["version"] = 1
+    header["checksum"] = ckpt._header_checksum(header)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name, data in members.items():
+            with zf.open(zipfile.ZipInfo(name, ckpt._ZIP_TIME), "w", force_zip64=True) as m:
+                m.write(data)
+        zf.writestr(zipfile.ZipInfo(ckpt.HEADER, ckpt._ZIP_TIME),
+                    json.dumps(header, indent=1, sort_keys=True))
+    return path
 
 
 # ---------------------------------------------------------------- roundtrips
@@ -203,11 +234,15 @@ def test_flipped_byte_in_array_payload_is_detected(tmp_path):
         ckpt.load(path, tree)
 
 
-def test_changed_array_with_valid_zip_crc_fails_sha256(tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_changed_array_with_valid_zip_crc_fails_sha256(tmp_path, version):
     path = ckpt.save(tmp_path / "s.npz", {"a": jnp.ones(4)})
+    if version == 1:
+        make_version_1(path)
     buf = io.BytesIO()
     np.lib.format.write_array(buf, np.full(4, 2.0))
-    rewrite(path, {"['a'].npy": buf.getvalue()})
+    # version 2 is sealed anew: only the leaf's sha256 can see the change
+    rewrite(path, {"['a'].npy": buf.getvalue()}, seal=version == 2)
     with pytest.raises(CheckpointError, match=r"\['a'\]: checksum mismatch"):
         ckpt.load(path, {"a": jnp.ones(4)})
 
@@ -218,7 +253,7 @@ def test_edited_header_fails_checksum_and_bad_version_is_named(tmp_path):
     with pytest.raises(CheckpointError, match="header checksum mismatch"):
         ckpt.load_metadata(path)
     edit_header(path, lambda h: h.update(version=99))
-    with pytest.raises(CheckpointError, match="unsupported format version 99"):
+    with pytest.raises(ckpt.CheckpointVersionError, match="unsupported format version 99"):
         ckpt.load(path, {"a": jnp.ones(4)})
 
 
@@ -231,6 +266,167 @@ def test_foreign_files_are_not_checkpoints(tmp_path):
         with pytest.raises(CheckpointError, match="not a funcnn checkpoint") as err:
             ckpt.load(path, {"a": jnp.ones(3)})
         assert str(path) in str(err.value)
+
+
+def small_tree() -> dict:
+    """A few leaves of each kind: the file is under 2 KB, so every byte can be flipped."""
+    return {"w": jnp.arange(3, dtype=jnp.float32), "n": jnp.array(2**40, jnp.int64),
+            "k": jax.random.key(0)}
+
+
+def flip_each_byte(path: Path, check) -> None:
+    """Flip each byte of the file in turn (xor 0xFF), call ``check(offset)``, restore it."""
+    orig = path.read_bytes()
+    with open(path, "r+b", buffering=0) as f:
+        for i, byte in enumerate(orig):
+            f.seek(i)
+            f.write(bytes([byte ^ 0xFF]))
+            check(i)
+            f.seek(i)
+            f.write(bytes([byte]))
+    assert path.read_bytes() == orig
+
+
+def refusal(path: Path, call, i: int) -> str:
+    """The CheckpointError message of ``call()``; any other outcome fails the test."""
+    try:
+        call()
+    except CheckpointError as e:
+        assert str(path) in str(e), (i, str(e))
+        return str(e)
+    except Exception as e:
+        pytest.fail(f"byte {i} flipped: {type(e).__name__} escaped: {e}")
+    pytest.fail(f"byte {i} flipped: loaded without an error")
+
+
+def test_every_single_byte_flip_is_refused_as_damaged(tmp_path):
+    tree = small_tree()
+    path = ckpt.save(tmp_path / "s.npz", tree, metadata={"epoch": 1})
+    size = path.stat().st_size
+    assert size < 2048
+
+    def check(i):
+        for call in (lambda: ckpt.load(path, tree), lambda: ckpt.load_metadata(path)):
+            msg = refusal(path, call, i)
+            assert "damaged funcnn checkpoint" in msg, (i, msg)
+
+    flip_each_byte(path, check)
+    assert_bitwise_equal(tree, ckpt.load(path, tree))
+
+
+def test_version_1_files_load_and_byte_flips_are_refused_or_harmless(tmp_path):
+    """Files written before the whole-file sha256 are still read, with every parse step
+    guarded: a flip is refused, or it hit zip bookkeeping that is never used (a local
+    header's copy of the sizes, a timestamp) and the data comes back bitwise equal."""
+    tree = small_tree()
+    path = make_version_1(ckpt.save(tmp_path / "s.npz", tree, metadata={"epoch": 1}))
+    assert_bitwise_equal(tree, ckpt.load(path, tree))
+    assert ckpt.load_metadata(path) == {"epoch": 1}
+    blob, stored = path.read_bytes(), []  # where each member's stored bytes are
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            at = info.header_offset
+            name_len, extra_len = int.from_bytes(blob[at + 26:at + 28], "little"), \
+                int.from_bytes(blob[at + 28:at + 30], "little")
+            start = at + 30 + name_len + extra_len
+            stored.append(range(start, start + info.compress_size))
+    harmless = []
+
+    def check(i):
+        try:
+            back = ckpt.load(path, tree)
+        except CheckpointError as e:
+            assert str(path) in str(e) and "damaged funcnn checkpoint" in str(e), (i, str(e))
+        except Exception as e:
+            pytest.fail(f"byte {i} flipped: {type(e).__name__} escaped: {e}")
+        else:
+            assert_bitwise_equal(tree, back)
+            harmless.append(i)
+
+    flip_each_byte(path, check)
+    assert not [i for i in harmless if any(i in r for r in stored)]  # never a member's bytes
+
+
+def test_file_is_a_plain_zip_and_npz(tmp_path):
+    tree = {"w": np.asfortranarray(np.arange(6.0).reshape(2, 3)), "k": jax.random.key(2)}
+    path = ckpt.save(tmp_path / "s.npz", tree)
+    with zipfile.ZipFile(path) as zf:
+        assert zf.testzip() is None
+        assert zf.namelist()[0] == ckpt.HEADER  # says what it is in its first bytes
+        assert re.fullmatch(rb"funcnn-sha256:[0-9a-f]{64}", zf.comment)
+    with np.load(path, allow_pickle=False) as npz:
+        assert np.array_equal(npz["['w']"], tree["w"])
+    assert_bitwise_equal(tree, ckpt.load(path, tree))
+    assert ckpt.read(path)["['w']"].flags.writeable
+
+
+def test_damaged_zip_directory_that_zipfile_trips_on_is_a_checkpoint_error(tmp_path):
+    """The zip fields that made zipfile raise NotImplementedError or RuntimeError ("zip
+    file version", "encrypted", "compression method") give CheckpointError, sealed or not."""
+    for version in (1, 2):
+        tree = small_tree()
+        path = ckpt.save(tmp_path / f"v{version}.npz", tree)
+        if version == 1:
+            make_version_1(path)
+        orig = path.read_bytes()
+        central = orig.index(b"PK\x01\x02")  # the first central directory record
+        for field, value in [(6, 0xFF), (8, 0x01), (10, 0x08)]:  # version needed, flags, method
+            blob = bytearray(orig)
+            blob[central + field] = value
+            path.write_bytes(bytes(blob))
+            msg = refusal(path, lambda p=path, t=tree: ckpt.load(p, t), central + field)
+            assert "damaged funcnn checkpoint" in msg
+
+
+def test_huge_npy_shape_is_refused_without_allocating(tmp_path):
+    """A .npy header claiming 8 TiB, behind a matching header record, valid CRCs and a
+    valid seal, is refused from the bytes actually there: nothing is allocated."""
+    path = ckpt.save(tmp_path / "s.npz", {"a": jnp.ones(4)})
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f8", "fortran_order": False,
+                                               "shape": (2**40,)})
+    edit_header(path, lambda h: h["leaves"][0].update(shape=[2**40]))
+    rewrite(path, {"['a'].npy": buf.getvalue() + np.ones(4).tobytes()})
+    with pytest.raises(CheckpointError, match=r"holds 32 bytes of data, its shape needs 8796093022208"):
+        ckpt.read(path)
+
+
+NARROWING = textwrap.dedent("""
+    import sys
+    import jax, jax.numpy as jnp, numpy as np
+    from funcnn import checkpoint as ckpt, nn, optim, train
+
+    assert not jax.config.jax_enable_x64
+    path = sys.argv[1]
+    tree = {"big": np.array(2**40, np.int64), "x": np.float64(0.1), "w": jnp.arange(3.0)}
+    ckpt.save(path, tree)
+    try:
+        ckpt.load(path, tree)
+    except ckpt.NarrowingError as e:
+        print("REFUSED", e)
+    assert int(ckpt.read(path)["['big']"]) == 2**40  # read keeps the stored width
+
+    model = nn.serial(nn.dense(4), nn.relu(), nn.dense(2))  # a 32-bit state round-trips
+    state = train.init_state(model, optim.adam(0.1), jax.random.key(0), (3,))
+    back = ckpt.load(ckpt.save(path + ".state.npz", state), state)
+    data = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
+        assert a.dtype == b.dtype and np.array_equal(data(a), data(b))
+    print("STATE OK")
+""")
+
+
+def test_load_refuses_to_narrow_with_x64_off(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", NARROWING, str(tmp_path / "n.npz")], env=env,
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    assert "REFUSED" in out.stdout and "STATE OK" in out.stdout
+    assert "['big']: int64 -> int32" in out.stdout and "['x']: float64 -> float32" in out.stdout
+    assert "['w']:" not in out.stdout  # float32 leaves are fine
+    assert 'jax.config.update("jax_enable_x64", True)' in out.stdout
+    assert "checkpoint.read" in out.stdout and str(tmp_path / "n.npz") in out.stdout
 
 
 class _Trap:
@@ -319,6 +515,43 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, s
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz"]
 
 
+def test_save_removes_its_own_stale_temporaries_and_nothing_else(tmp_path, monkeypatch):
+    # learn the temporary name a save really uses (a killed save leaves exactly that)
+    used, real_replace = [], os.replace
+
+    def spy(src, dst):
+        used.append(Path(src).name)
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    ckpt.save(tmp_path / "s.npz", {"a": jnp.ones(2)})
+    monkeypatch.undo()
+    assert len(used) == 1 and re.fullmatch(r"\.s\.npz\.[0-9a-f]{12}\.tmp", used[0])
+
+    stale = [used[0], ".s.npz.0123456789ab.tmp"]
+    others = [".s.npz.tmp", ".s.npz.0123456789AB.tmp", ".s.npz.0123456789abc.tmp",
+              ".s.npz.0123456789ab.tmp.bak", "s.npz.0123456789ab.tmp", ".t.npz.0123456789ab.tmp",
+              ".xs.npz.0123456789ab.tmp", ".s.npy.0123456789ab.tmp", "notes.txt"]
+    for name in stale + others:
+        (tmp_path / name).write_bytes(b"x" * 1000)
+    (tmp_path / ".s.npz.aaaaaaaaaaaa.tmp").mkdir()  # a folder of that name is not ours
+    (tmp_path / ".s.npz.aaaaaaaaaaaa.tmp" / "inside").write_text("keep")
+    (tmp_path / "outside").write_text("keep")
+    (tmp_path / ".s.npz.bbbbbbbbbbbb.tmp").symlink_to(tmp_path / "outside")  # nor is a link
+    ckpt.save(tmp_path / "s.npz", {"a": jnp.zeros(2)})
+    left = {p.name for p in tmp_path.iterdir()}
+    assert left == {"s.npz", "outside", ".s.npz.aaaaaaaaaaaa.tmp", ".s.npz.bbbbbbbbbbbb.tmp", *others}
+    assert (tmp_path / "outside").read_text() == "keep"
+    assert int(ckpt.load(tmp_path / "s.npz", {"a": jnp.ones(2)})["a"][0]) == 0
+
+    # save_step saves through save: the next save of a step cleans that step's leftovers
+    (tmp_path / ".ckpt_00000005.npz.0123456789ab.tmp").write_bytes(b"x")
+    (tmp_path / ".ckpt_00000006.npz.0123456789ab.tmp").write_bytes(b"x")
+    ckpt.save_step(tmp_path, 5, {"a": jnp.ones(2)})
+    assert not (tmp_path / ".ckpt_00000005.npz.0123456789ab.tmp").exists()
+    assert (tmp_path / ".ckpt_00000006.npz.0123456789ab.tmp").exists()
+
+
 def test_missing_or_unusable_folder_is_named(tmp_path, monkeypatch):
     missing = tmp_path / "no" / "such"
     with pytest.raises(FileNotFoundError, match=str(missing)):
@@ -405,3 +638,69 @@ def test_steps_lists_only_step_files_newest_first(tmp_path):
     (tmp_path / ".ckpt_00000099.npz.abc.tmp").write_bytes(b"")
     assert [s for s, _ in ckpt.steps(tmp_path)] == [12, 7, 3]
     assert ckpt.steps(tmp_path)[0][1].name == "ckpt_00000012.npz"
+
+
+# ---------------------------------------------------------------- resuming a run
+
+
+@dataclasses.dataclass(frozen=True)
+class SpiralConfig:
+    epochs: int = 5
+
+
+def spiral_run(r: experiment.Run):
+    x, y = data.spiral_data(20, 3)
+    model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+    opt = optim.adam(0.02)
+    state = train.init_state(model, opt, r.key, (2,))
+    state, _ = r.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
+                     epochs=r.config.epochs, batch_size=20)
+    return state
+
+
+def test_resume_falls_back_past_every_damaged_checkpoint(tmp_path, capsys):
+    argv = ["--runs-dir", str(tmp_path), "--no-plots"]
+    reference = experiment.main("spiral", SpiralConfig, spiral_run, argv)
+    (folder,) = (tmp_path / "spiral").iterdir()
+    ckdir = folder / "checkpoints"
+    names = [f"ckpt_{e:08d}.npz" for e in (3, 4, 5)]
+    assert sorted(p.name for p in ckdir.iterdir()) == names
+    capsys.readouterr()
+
+    def damage(name, how):
+        blob = bytearray((ckdir / name).read_bytes())
+        if how == "zip version":  # zipfile used to raise NotImplementedError on this one
+            blob[blob.index(b"PK\x01\x02") + 6] = 0xFF
+        else:
+            blob = blob[:len(blob) // 2]
+        (ckdir / name).write_bytes(bytes(blob))
+
+    damage(names[2], "zip version")
+    damage(names[1], "truncated")
+    resumed = experiment.main("spiral", SpiralConfig, spiral_run, argv)
+    err = capsys.readouterr().err
+    for name in names[1:]:
+        assert f"skipping the damaged checkpoint {name}" in err and f"{name}.damaged" in err
+        assert (ckdir / f"{name}.damaged").is_file()
+    assert "damaged funcnn checkpoint" in err
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["resumed_from_epoch"] == 3 and manifest["status"] == "completed"
+    assert_bitwise_equal(reference, resumed)
+    assert [r["epoch"] for r in experiment.read_metrics(folder / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+
+    # with every checkpoint damaged, the run starts again from scratch and says so
+    for name in names:
+        damage(name, "zip version")
+    again = experiment.main("spiral", SpiralConfig, spiral_run, argv)
+    err = capsys.readouterr().err
+    assert all(f"skipping the damaged checkpoint {name}" in err for name in names)
+    assert "none of the 3 checkpoints" in err and "from scratch" in err
+    assert json.loads((folder / "manifest.json").read_text())["resumed_from_epoch"] is None
+    assert_bitwise_equal(reference, again)
+
+    # an intact checkpoint from a newer funcnn is not damage: stop, and leave it be
+    newest = ckdir / names[2]
+    edit_header(newest, lambda h: h.update(version=ckpt.VERSION + 1))
+    with pytest.raises(experiment.ExperimentError, match="unsupported format version"):
+        experiment.main("spiral", SpiralConfig, spiral_run, argv)
+    assert newest.is_file() and ckpt.steps(ckdir)[0][1] == newest

@@ -483,3 +483,16 @@ def test_load_digits_without_sklearn_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "sklearn.datasets", None)
     with pytest.raises(ImportError, match=r"pip install funcnn\[digits\]"):
         data.load_digits()
+
+
+def test_recompressed_mnist_with_one_pixel_changed_is_rejected(tmp_path):
+    """A recompressed MNIST file must match the canonical decompressed sha256: the weaker
+    checks (label counts, mean pixel) cannot see one changed pixel."""
+    import gzip
+
+    spec = data.MNIST.test_labels
+    labels = np.repeat(np.arange(10, dtype=np.uint8), spec.class_counts)
+    raw = np.array([0, 0, 8, 1, 0, 0, 0x27, 0x10], np.uint8).tobytes() + labels.tobytes()
+    blob = gzip.compress(raw)   # right shape and label counts, not the canonical file
+    with pytest.raises(ValueError, match="differ from the published file"):
+        data.mnist.verified_array(blob, spec, "t10k-labels-idx1-ubyte")

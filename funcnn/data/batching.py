@@ -26,6 +26,13 @@ def _as_array(a: Any, name: str) -> np.ndarray:
         raise ValueError(
             f"{name} must be a numeric array, got dtype=object (ragged rows or "
             f"non-numbers?); fix: build it with np.stack or np.asarray(..., dtype=float)")
+    if arr.dtype.kind == "c":
+        raise ValueError(
+            f"{name} is complex ({arr.dtype}); funcnn trains on real numbers and would drop "
+            f"the imaginary part silently; fix: pass {name}.real, or np.abs({name}), or "
+            "stack the real and imaginary parts as features")
+    if arr.dtype.kind not in "biuf":
+        raise ValueError(f"{name} must be a numeric array, got dtype {arr.dtype}")
     return arr
 
 

@@ -12,10 +12,10 @@ Where the files come from, in order:
 
 Every file is verified on every load (it costs ~0.05 s): its ``.gz`` must match the
 published sha256, or its decompressed bytes the canonical sha256 (some mirrors
-recompress). For MNIST the decompressed checksums are not published; a
-recompressed MNIST file is accepted after weaker checks (shape, label counts per
-class, mean pixel), which catch truncation and mix-ups such as Fashion-MNIST files
-in the MNIST folder, but not a deliberately altered file.
+recompress); for MNIST the decompressed sha256 is not published with the files, but
+is the same in every independent copy, and is what a recompressed copy must match
+(so one changed pixel is caught). The weaker checks (shape, label counts per class,
+mean pixel) remain for IDX tables that have no decompressed checksum.
 
 The tables are plain frozen dataclasses, so you can load another IDX data set, or
 test this code with small fake files, by passing your own :class:`DatasetSpec` to
@@ -112,9 +112,9 @@ FASHION_MNIST = DatasetSpec(
         raw_sha256="0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
 )
 
-# The original files of LeCun, Cortes and Burges, as the mirrors serve them. No
-# decompressed checksums are published, hence the weaker per-class label counts and
-# mean pixel values (the familiar 0.1307 normalisation constant) for recompressed copies.
+# The original files of LeCun, Cortes and Burges, as the mirrors serve them. The
+# decompressed files' sha256 (the same across independent public copies) verifies a
+# recompressed copy as strictly as the .gz checksum does the original download.
 MNIST = DatasetSpec(
     name="mnist",
     mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -122,19 +122,23 @@ MNIST = DatasetSpec(
     train_images=IdxFile(
         "train-images-idx3-ubyte", (60000, 28, 28),
         gz_sha256="440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+        raw_sha256="ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
         gz_size=9912422, pixel_mean=0.1307),
     train_labels=IdxFile(
         "train-labels-idx1-ubyte", (60000,),
         gz_sha256="3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+        raw_sha256="65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
         gz_size=28881,
         class_counts=(5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949)),
     test_images=IdxFile(
         "t10k-images-idx3-ubyte", (10000, 28, 28),
         gz_sha256="8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+        raw_sha256="0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         gz_size=1648877, pixel_mean=0.1325),
     test_labels=IdxFile(
         "t10k-labels-idx1-ubyte", (10000,),
         gz_sha256="f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+        raw_sha256="ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
         gz_size=4542,
         class_counts=(980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)),
 )

@@ -126,21 +126,29 @@ class Run:
 
         Sets :attr:`epoch` to the checkpoint's epoch and cuts ``metrics.jsonl`` back to
         it (lines written after the checkpoint came from work that is redone). A
-        damaged checkpoint is skipped with a warning and the one before is used.
+        damaged checkpoint (one that :func:`~funcnn.checkpoint.read` refuses too) is
+        renamed to ``<name>.damaged`` with a warning naming it and the one before is
+        tried, as often as needed; with none left, training starts from scratch. An intact
+        checkpoint that cannot be used (another state, a newer format, narrowing with
+        ``jax_enable_x64`` off) stops with :class:`ExperimentError` and is left as it is.
         """
         state, epoch = template, 0
-        for ck_epoch, path in self._checkpoints():
+        found = self._checkpoints()
+        for ck_epoch, path in found:
             try:
                 meta = checkpoint.load_metadata(path)
                 state = checkpoint.load(path, template)
+            except (checkpoint.CheckpointVersionError, checkpoint.NarrowingError) as e:
+                raise ExperimentError(str(e)) from None
             except checkpoint.CheckpointError as e:
                 try:
                     checkpoint.read(path)  # intact file: it does not fit the template
                 except checkpoint.CheckpointError:
                     damaged = path.with_name(path.name + ".damaged")
-                    print(f"warning: {e}; renamed to {damaged.name}, trying the one before",
-                          file=sys.stderr)
                     path.replace(damaged)
+                    print(f"warning: skipping the damaged checkpoint {path.name}: {e}\n"
+                          f"  renamed it to {damaged.name}; trying the one before",
+                          file=sys.stderr)
                     continue
                 raise ExperimentError(
                     f"{e}\nThe checkpoint was written by this configuration, but the state "
@@ -153,6 +161,10 @@ class Run:
                     f"not {self.hash!r}; fix: --restart, or move the folder away")
             epoch = ck_epoch
             break
+        else:
+            if found:
+                print(f"warning: none of the {len(found)} checkpoints in {self.checkpoint_dir} "
+                      "could be read; training from scratch", file=sys.stderr)
         self.epoch = epoch
         self.resumed_from = epoch if epoch > 0 else None
         self._fit_history = None

@@ -28,7 +28,7 @@ from funcnn.nn.conv import Conv, conv2d
 from funcnn.nn.dense import Dense, dense, initializers
 from funcnn.nn.dropout import dropout, dropout_mask
 from funcnn.nn.layer import (ApplyFn, BackwardFn, ForwardFn, InitFn, Layer, NoParams, Run,
-                             StatsFn, check_batch, layer_keys)
+                             StatsFn, check_batch, check_params, layer_keys)
 from funcnn.nn.norm import LayerNorm, layer_norm
 from funcnn.nn.pool import avg_pool, max_pool
 from funcnn.nn.reshape import flatten
@@ -39,7 +39,7 @@ __all__ = [
     "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
     "serial", "residual", "dense", "conv2d", "max_pool", "avg_pool", "layer_norm",
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity", "dropout", "flatten",
-    "elementwise", "summary", "initializers", "dropout_mask", "softmax_fn", "check_batch",
+    "elementwise", "summary", "initializers", "dropout_mask", "softmax_fn", "check_batch", "check_params",
     "layer_keys", "LAYERS",
 ]
 

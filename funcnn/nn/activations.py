@@ -11,7 +11,9 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from funcnn._checks import concrete
 from funcnn.nn.layer import Layer, NoParams, check_batch
 
 Array = jax.Array
@@ -72,7 +74,20 @@ def relu() -> Layer:
 
 
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
-    """``x`` for ``x > 0`` and ``negative_slope * x`` otherwise."""
+    """``x`` for ``x > 0`` and ``negative_slope * x`` otherwise.
+
+    ``negative_slope`` must be a finite real number: a NaN one would turn every negative
+    input, and its gradient, into NaN only once training runs.
+    """
+    v = concrete(negative_slope)
+    if v is not None:  # known now (not a tracer inside jit or vmap)
+        real = jnp.issubdtype(v.dtype, jnp.integer) or jnp.issubdtype(v.dtype, jnp.floating)
+        if v.shape != () or not real:  # bool is neither
+            raise TypeError(f"leaky_relu: negative_slope must be a real number, e.g. 0.01; "
+                            f"got {negative_slope!r} of type {type(negative_slope).__name__}")
+        if not np.isfinite(v):
+            raise ValueError(f"leaky_relu: negative_slope must be finite (the slope for "
+                             f"x <= 0, e.g. 0.01); got {negative_slope!r}")
     a = negative_slope
     # Rule: slope 1 where x > 0, a elsewhere.
     return elementwise("leaky_relu", lambda x: jnp.where(x > 0, x, a * x),

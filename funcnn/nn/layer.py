@@ -31,17 +31,20 @@ diagnostics of ``fit(..., diagnostics=...)`` (:mod:`funcnn.diagnostics`) read th
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
 
+from funcnn._checks import tree_mismatch
+
 Array = jax.Array
 Shape = tuple[int, ...]
 
 __all__ = ["Layer", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
-           "layer_keys", "check_batch"]
+           "layer_keys", "check_batch", "check_params"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,7 +197,15 @@ class Layer:
 
     def apply(self, params: Any, x: Array, *, key: Array | None = None,
               train: bool = False) -> Array:
-        """Runs the layer on a batch ``x``; ``key`` feeds dropout when ``train`` is true."""
+        """Runs the layer on a batch ``x``; ``key`` feeds dropout when ``train`` is true.
+
+        ``params`` are first checked against what ``init`` makes for ``x``'s example
+        shape (structure and shapes only, so it costs nothing under ``jit``): the
+        parameters of another architecture raise instead of running.
+        """
+        if hasattr(x, "shape") and len(x.shape) >= 1:
+            check_params(self, params, tuple(x.shape[1:]), f"{self.name}.apply",
+                         batch=x.shape[0])
         return self.apply_fn(params, x, key, train)
 
     def __call__(self, params: Any, x: Array, *, key: Array | None = None,
@@ -209,10 +220,47 @@ class Layer:
         return f"{self.name}({args})"
 
 
+@functools.lru_cache(maxsize=256)
+def _declared_params(layer: Layer, input_shape: Shape) -> Any:
+    """The parameter shapes ``layer.init`` makes for ``input_shape`` (no FLOPs)."""
+    return jax.eval_shape(lambda k: layer.init(k, input_shape), jax.random.key(0))
+
+
+def check_params(layer: Layer, params: Any, input_shape: Sequence[int], where: str,
+                 batch: int = 1) -> None:
+    """Raises a ValueError when ``params`` are not what ``layer.init`` makes for inputs
+    of ``input_shape`` (one example): another architecture, another input size, or a
+    tree missing a layer. Names the first differing leaf. Only shapes are compared."""
+    input_shape = tuple(int(d) for d in input_shape)
+    try:
+        problem = tree_mismatch(_declared_params(layer, input_shape), params)
+        fits = True
+    except (ValueError, TypeError) as e:  # the inputs themselves do not fit the model
+        problem, fits = f"inputs of example shape {input_shape} do not fit the model: {e}", False
+    if problem is None:
+        return
+    # When the forward pass itself rejects these inputs, its message (about the data,
+    # e.g. "expected inputs with 2 features") is the one to show.
+    x = jax.ShapeDtypeStruct((batch,) + input_shape, jnp.float32)
+    try:
+        jax.eval_shape(lambda p, xs: layer.apply_fn(p, xs, None, False), params, x)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    if not fits:
+        raise ValueError(f"{where}: {problem}")
+    raise ValueError(
+        f"{where}: these params do not belong to this model for inputs of example shape "
+        f"{input_shape}: {problem}. Were they made by another model (e.g. another "
+        "number of features or classes)? Make them with model.init(key, input_shape), "
+        "or load them with the template of this model.")
+
+
 def _as_shape(shape: Any, name: str) -> Shape:
     try:
+        if any(isinstance(d, bool) or not float(d).is_integer() for d in shape):
+            raise TypeError
         shape = tuple(int(d) for d in shape)
-    except TypeError:
+    except (TypeError, ValueError):
         raise TypeError(f"{name}.init: input_shape must be a tuple of ints for ONE "
                         f"example (no batch axis), e.g. (2,) or (28, 28); got {shape!r}"
                         ) from None

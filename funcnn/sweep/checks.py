@@ -90,7 +90,7 @@ def _checked_columns(space: Space, hparam_names, hp0, opt_state0, pen_names,
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{where}: {name}={_py(v.reshape(hp0[name].shape))!r} "
                                      f"is not a valid value: {e}") from None
-            cols[name] = np.asarray(col, dtype)
+            cols[name] = _cast(name, col, dtype, where)
         elif name == SEED:
             _check_shape(name, col, (), "initialization seed")
             if not np.all(np.isfinite(col)) or np.any(col != np.round(col)) or \
@@ -106,3 +106,19 @@ def _checked_columns(space: Space, hparam_names, hp0, opt_state0, pen_names,
                                  f">= 0; got {col.tolist()}")
             cols[name] = np.asarray(col, dtype)
     return cols
+
+
+def _cast(name: str, col: np.ndarray, dtype: Any, where: str) -> np.ndarray:
+    """``col`` in the parameters' ``dtype``; a finite value that would become inf (or a
+    nonzero one that would become 0) there is an error, not a silent change."""
+    with np.errstate(over="ignore", under="ignore"):
+        out = np.asarray(col, dtype)
+    src = np.asarray(col, np.float64)
+    lost = (np.isfinite(src) & ~np.isfinite(out)) | ((src != 0) & (out == 0))
+    if np.any(lost):
+        v = float(src[lost].reshape(-1)[0])
+        raise ValueError(f"{where}: {name}={v:g} cannot be held in the parameters' "
+                         f"{np.dtype(dtype).name} (it would become {out[lost].reshape(-1)[0]}); "
+                         "use a value in range, or float64 parameters (dtype=jnp.float64 "
+                         "with jax_enable_x64)")
+    return out

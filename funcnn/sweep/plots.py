@@ -38,8 +38,11 @@ def plot_curves(res: Any, metric: str = "loss", by: str | None = None, *, ax: An
     v = np.asarray(res.values[by], np.float64)
     if v.ndim != 1:
         raise ValueError(f"plot_curves: {by} is not a scalar per configuration")
-    if log_color is None:
-        log_color = bool(np.all(v > 0) and v.max() / v.min() > 20)
+    if not np.all(np.isfinite(v)):
+        raise ValueError(f"plot_curves: {by} holds non-finite values; color by another "
+                         "swept name")
+    if log_color is None:  # in logs: a ratio of 1e300 / 1e-10 would overflow
+        log_color = bool(np.all(v > 0) and np.log10(v.max()) - np.log10(v.min()) > np.log10(20))
     norm = (colors.LogNorm if log_color else colors.Normalize)(v.min(), v.max()
                                                                if v.max() > v.min()
                                                                else v.min() + 1)

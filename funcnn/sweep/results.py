@@ -72,8 +72,9 @@ class SweepResults:
 
     @property
     def final(self) -> dict[str, np.ndarray]:
-        """``{metric: (C,) array}``: each configuration's last-epoch metrics."""
-        return {k: v[:, -1] for k, v in self.history.items()}
+        """``{metric: (C,) array}``: each configuration's last-epoch metrics (a
+        property: ``results.final["loss"]``)."""
+        return _Final({k: v[:, -1] for k, v in self.history.items()})
 
     def config(self, i: int) -> dict[str, Any]:
         """Configuration ``i``'s values (seed included)."""
@@ -196,3 +197,11 @@ class SweepResults:
         default: the grid's second and first axes). Diverged cells are blank and marked.
         Returns the Figure. Needs matplotlib."""
         return plots.plot_heatmap(self, metric, x, y, ax=ax, annotate=annotate)
+
+
+class _Final(dict):
+    """``SweepResults.final``: a dict that explains itself when called like a method."""
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError("SweepResults.final is a property, a dict of per-configuration "
+                        "arrays: write results.final['loss'], not results.final()")

@@ -83,10 +83,25 @@ def device_data(x: Any, y: Any, *, num_classes: int | None = None,
             check_dataset(np.asarray(x), np.asarray(y), num_classes=num_classes)
     else:
         check_dataset(np.asarray(x), np.asarray(y), num_classes=num_classes)
+    _check_range(x, dtype, "x")
     xd = jnp.asarray(x, dtype)
     yd = jnp.asarray(y, jnp.int32) if jnp.issubdtype(jnp.asarray(y[:0]).dtype, jnp.integer) \
         else jnp.asarray(y, dtype)
     return DeviceData(xd, yd, num_classes)
+
+
+def _check_range(x: Any, dtype: Any, name: str) -> None:
+    """Float data wider than ``dtype`` must fit in it (1e39 would become inf in float32)."""
+    if not hasattr(x, "dtype") or jnp.dtype(x.dtype).kind != "f" or \
+            jnp.dtype(x.dtype).itemsize <= jnp.dtype(dtype).itemsize:
+        return
+    big = float(np.max(np.abs(np.asarray(x)))) if np.size(x) else 0.0
+    limit = float(jnp.finfo(dtype).max)
+    if big > limit:
+        raise ValueError(f"{name} holds values up to {big:.3g}, beyond the {jnp.dtype(dtype).name} "
+                         f"range of the parameters (max {limit:.3g}); they would become inf. "
+                         "Fix: scale the data (e.g. standardise it), or use float64 "
+                         "parameters with jax_enable_x64.")
 
 
 def prepare_data(model: nn.Layer, loss: Callable, params: Any, x: Any,
@@ -94,8 +109,11 @@ def prepare_data(model: nn.Layer, loss: Callable, params: Any, x: Any,
     """Checks a data set at the boundary and returns it on the device, as ``fit`` does.
 
     ``x`` may be a :class:`DeviceData` (then ``y`` is None): only its class count is
-    checked against the model. Inputs take the parameters' float dtype.
+    checked against the model. Inputs take the parameters' float dtype. ``params`` must
+    be this model's for these inputs (:func:`funcnn.nn.check_params`).
     """
+    shape = np.shape(x.x if isinstance(x, DeviceData) else x)
+    nn.check_params(model, params, shape[1:], "the params", batch=shape[0] if shape else 1)
     dtype = jax.tree.leaves(params)[0].dtype
     if isinstance(x, DeviceData):
         if y is not None:

@@ -13,12 +13,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import nn, optim
+from funcnn._checks import concrete
 from funcnn.diagnostics import block_means, check_model, check_names, update_ratios
 from funcnn.diagnostics import is_column as is_diagnostic
 from funcnn.metrics import Metric
 from funcnn.train.inputs import DeviceData, prepare_data
-from funcnn.train.state import Penalty, TrainState
-from funcnn.train.step import _evaluate_arrays, check_engine, metric_set, train_step
+from funcnn.train.state import Penalty, TrainState, check_opt_state
+from funcnn.train.step import (_evaluate_arrays, check_engine, check_loss_domain,
+                               metric_set, train_step)
 
 Array = jax.Array
 
@@ -239,9 +241,27 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     if not isinstance(state, TrainState):
         raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
                         f"{type(state).__name__}")
-    if not isinstance(epochs, (int, np.integer)) or epochs < 1:
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
+    for name, value in (("log_every", log_every), ("epochs_per_call", epochs_per_call)):
+        if value is not None and (isinstance(value, bool) or not isinstance(
+                value, (int, np.integer)) or value < 1):
+            raise ValueError(f"fit: {name} must be a positive int or None; got {value!r}")
+    if validation_data is not None and not isinstance(validation_data, DeviceData) and (
+            not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+        raise TypeError("fit: validation_data must be a pair (x_val, y_val) or a "
+                        f"train.DeviceData; got {type(validation_data).__name__}"
+                        + (f" of length {len(validation_data)}" if hasattr(
+                            validation_data, "__len__") else ""))
     xd, yd = prepare_data(model, loss, state.params, x, y)
+    check_opt_state(optimizer, state, "fit")
+    if penalty is not None:
+        check_penalty(penalty, "fit", xd.dtype)
+    if bad := _nonfinite_leaves(state.params):
+        raise ValueError(f"fit: the given params already hold NaN or inf (at {', '.join(bad)}); "
+                         "there is no finite state to train from. Re-initialise them "
+                         "(train.init_state) or load an earlier checkpoint.")
+    check_loss_domain(model, loss, state.params, xd, yd, "fit")
     n = xd.shape[0]
     batch_size = n if batch_size is None else batch_size
     if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
@@ -301,6 +321,77 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     return state, history
 
 
+def _nonfinite_leaves(tree: Any) -> list[str]:
+    """Paths of the float leaves of ``tree`` that hold NaN or inf (one transfer)."""
+    flat = [(p, leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+            if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
+    ok = jax.device_get([jnp.all(jnp.isfinite(leaf)) for _, leaf in flat])
+    return [jax.tree_util.keystr(p) for (p, _), fine in zip(flat, ok) if not fine]
+
+
+def _suspects(state: TrainState, penalty: Penalty | None) -> list[str]:
+    """What other than the learning rate can make training non-finite, found in the
+    optimizer's hyperparameters and the penalty (for DivergedError's message)."""
+    found = []
+    try:
+        hparams = optim.hyperparams(state.opt_state)
+    except TypeError:  # an optimizer from another library
+        hparams = {}
+    dtypes = {jnp.result_type(leaf) for leaf in jax.tree.leaves(state.params)}
+    for name, value in hparams.items():
+        v = np.asarray(jax.device_get(value), np.float64)
+        if not np.all(np.isfinite(v)):
+            found.append(f"the optimizer's {name} is {v}")
+        elif name.split("/")[-1].startswith("eps"):
+            if np.any(v == 0):
+                dt = jnp.result_type(value)
+                narrow = (f"; in {jnp.dtype(dt).name} any eps below "
+                          f"{float(jnp.finfo(dt).smallest_subnormal):.3g} is 0, so use float32 "
+                          "parameters or a larger eps" if jnp.finfo(dt).bits < 32 else "")
+                found.append(f"the optimizer's {name} is 0 in its {jnp.dtype(dt).name} state "
+                             "(its update divides by sqrt(v) + eps, which is 0/0 wherever a "
+                             f"gradient is 0{narrow})")
+            for dt in dtypes:
+                if jnp.issubdtype(dt, jnp.floating) and np.any(
+                        (v != 0) & (np.asarray(v, dt) == 0)):
+                    found.append(f"the optimizer's {name}={v:g} rounds to 0 in the "
+                                 f"parameters' {jnp.dtype(dt).name} (smallest positive "
+                                 f"{float(jnp.finfo(dt).tiny):.3g}); use float32 parameters "
+                                 "or a larger eps")
+    if penalty is not None and _nonfinite_leaves(penalty):
+        found.append(f"the penalty's coefficients hold NaN or inf "
+                     f"({', '.join(_nonfinite_leaves(penalty))})")
+    elif penalty is not None and "learning_rate" in hparams:
+        # Gradient descent on l2 * w^2 multiplies w by (1 - 2 lr l2) each step, which
+        # grows without bound once lr * l2 > 1.
+        l2 = max([float(np.max(np.asarray(jax.device_get(c)))) for c in
+                  jax.tree.leaves(penalty.l2)] + [0.0])
+        lr = float(np.max(np.asarray(jax.device_get(hparams["learning_rate"]))))
+        if lr * l2 > 1:
+            found.append(f"the penalty's l2 coefficient {l2:g} times the learning rate "
+                         f"{lr:g} exceeds 1, so the L2 term alone makes every step "
+                         "multiply the weights by (1 - 2 lr l2), growing without bound; "
+                         "use a smaller l2")
+    return found
+
+
+def check_penalty(penalty: Penalty, where: str, dtype: Any = None) -> None:
+    """Penalty coefficients must be finite and >= 0, and fit in the parameters' ``dtype``
+    (checked when concrete)."""
+    if not isinstance(penalty, Penalty):
+        raise TypeError(f"{where}: penalty must be a train.Penalty (or None); got "
+                        f"{type(penalty).__name__}")
+    for name in ("l1", "l2"):
+        for path, c in jax.tree_util.tree_flatten_with_path(getattr(penalty, name))[0]:
+            v = concrete(c)
+            limit = np.inf if dtype is None else float(jnp.finfo(dtype).max)
+            if v is not None and not (np.all(np.isfinite(v)) and np.all(v >= 0)
+                                      and np.all(v <= limit)):
+                raise ValueError(f"{where}: penalty.{name}{jax.tree_util.keystr(path)} must be "
+                                 f"finite and >= 0 (and within the range of the parameters' "
+                                 f"dtype); got {v}")
+
+
 def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, every):
     """Reruns a chunk that went non-finite with the guard on, and raises."""
     last_good, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, guard=True, **config)
@@ -315,9 +406,15 @@ def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, ever
         history.append_steps({k: chunk.pop(k) for k in list(chunk) if is_diagnostic(k)},
                              int(state.step), every)
     history.append(chunk)
-    raise DivergedError(
-        f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, step "
-        f"{step} (update {bad + 1} of the run). The returned state (error.state) is the "
-        "last finite one. Try a smaller learning rate, gradient clipping "
-        "(optim.clip_by_global_norm), or check the data for extreme values.",
-        state=last_good, history=history, epoch=epoch, step=step)
+    where = (f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, "
+             f"step {step} (update {bad + 1} of the run). The returned state (error.state) "
+             "is the last finite one. ")
+    suspects = _suspects(state, penalty)
+    if suspects:
+        advice = "Found: " + "; ".join(suspects) + ". Fix that first."
+    else:
+        advice = ("Nothing else looks wrong (data, parameters, penalty and hyperparameters "
+                  "are finite), so try a smaller learning rate, gradient clipping "
+                  "(optim.clip_by_global_norm), or look for extreme values in the data.")
+    raise DivergedError(where + advice, state=last_good, history=history, epoch=epoch,
+                        step=step)

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import losses, nn, optim
+from funcnn._checks import tree_mismatch
 
 Array = jax.Array
 
@@ -88,4 +89,20 @@ def init_state(model: nn.Layer, optimizer: optim.Optimizer, key: Array,
     k_init, k_run = jax.random.split(key)
     if params is None:
         params = model.init(k_init, input_shape, dtype)
+    else:
+        nn.check_params(model, params, input_shape, "init_state")
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), k_run)
+
+
+def check_opt_state(optimizer: optim.Optimizer, state: TrainState, where: str) -> None:
+    """Raises a ValueError when ``state.opt_state`` is not what ``optimizer.init`` makes
+    for ``state.params`` (a state built with another optimizer), naming the first
+    differing leaf. Shapes only: jit-safe and free at run time."""
+    expected = jax.eval_shape(optimizer.init, state.params)
+    problem = tree_mismatch(expected, state.opt_state)
+    if problem is not None:
+        raise ValueError(
+            f"{where}: state.opt_state was not made by this optimizer for these params: "
+            f"{problem}. Was the state built with another optimizer? Make it with "
+            "train.init_state(model, optimizer, key, input_shape) using the optimizer you "
+            "train with (to keep the weights: init_state(..., params=state.params)).")

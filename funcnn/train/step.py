@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn import backprop, nn, optim
 from funcnn import diagnostics as diagnostics_lib
@@ -61,6 +63,28 @@ def _loss_output_grads(model, loss, engine, params, x, y, key, penalty, stats=Fa
     return (total, data_loss, out, layer_stats), grads
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _outputs(model: nn.Layer, params: Any, x: Array) -> Array:
+    return model.apply(params, x)
+
+
+def check_loss_domain(model: nn.Layer, loss: Callable, params: Any, x: Array, y: Array,
+                      where: str) -> None:
+    """Runs ``loss`` on the model's outputs for the first few examples, with concrete
+    values, so that its domain checks fire before any compiled loop (where values
+    cannot be checked): cross-entropy on probabilities given logits, soft labels that
+    do not sum to 1, binary targets outside [0, 1]. Only for :class:`Loss` values."""
+    if not isinstance(loss, Loss):
+        return
+    n = min(int(x.shape[0]), 16)
+    out = _outputs(model, params, x[:n])
+    try:
+        loss(np.asarray(out), np.asarray(y[:n]))
+    except ValueError as e:
+        raise ValueError(f"{where}: the model's outputs or the targets do not suit "
+                         f"{loss.name}: {e}") from None
+
+
 def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: Callable,
                update: Callable, engine: str = "backprop", penalty: Penalty | None = None,
                metrics: tuple[Metric, ...] | None = None, diagnostics: tuple[str, ...] = (),
@@ -76,6 +100,7 @@ def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: 
     static.
     """
     chosen = metric_set(loss, metrics, "train_step")
+    nn.check_params(model, state.params, x.shape[1:], "train_step")
     dropout_key = jax.random.fold_in(jax.random.fold_in(state.key, 0), state.step)
     stats = any(n in diagnostics for n in diagnostics_lib.LAYER_STATS)
     (total, data_loss, out, layer_stats), grads = _loss_output_grads(
@@ -107,5 +132,6 @@ def evaluate(model: nn.Layer, loss: Callable, params: Any, x: Any, y: Any = None
     """
     chosen = metric_set(loss, metrics, "evaluate")
     x, y = prepare_data(model, loss, params, x, y)
+    check_loss_domain(model, loss, params, x, y, "evaluate")
     return {k: float(v) for k, v in
             _evaluate(params, x, y, model=model, loss=loss, metrics=chosen).items()}
