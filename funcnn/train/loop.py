@@ -325,8 +325,13 @@ def _nonfinite_leaves(tree: Any) -> list[str]:
     """Paths of the float leaves of ``tree`` that hold NaN or inf (one transfer)."""
     flat = [(p, leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
             if jnp.issubdtype(jnp.result_type(leaf), jnp.inexact)]
-    ok = jax.device_get([jnp.all(jnp.isfinite(leaf)) for _, leaf in flat])
+    ok = jax.device_get(_each_finite([leaf for _, leaf in flat]))
     return [jax.tree_util.keystr(p) for (p, _), fine in zip(flat, ok) if not fine]
+
+
+@jax.jit
+def _each_finite(leaves: list) -> list:
+    return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
 
 
 def _suspects(state: TrainState, penalty: Penalty | None) -> list[str]:

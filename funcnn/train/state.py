@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn import losses, nn, optim
 from funcnn._checks import tree_mismatch
@@ -94,12 +96,21 @@ def init_state(model: nn.Layer, optimizer: optim.Optimizer, key: Array,
     return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), k_run)
 
 
+@functools.lru_cache(maxsize=64)
+def _expected_opt_state(optimizer: optim.Optimizer, spec: Any) -> Any:
+    """The state shapes ``optimizer.init`` makes for parameters of ``spec``."""
+    treedef, leaves = spec
+    params = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+    return jax.eval_shape(optimizer.init, params)
+
+
 def check_opt_state(optimizer: optim.Optimizer, state: TrainState, where: str) -> None:
     """Raises a ValueError when ``state.opt_state`` is not what ``optimizer.init`` makes
     for ``state.params`` (a state built with another optimizer), naming the first
     differing leaf. Shapes only: jit-safe and free at run time."""
-    expected = jax.eval_shape(optimizer.init, state.params)
-    problem = tree_mismatch(expected, state.opt_state)
+    leaves, treedef = jax.tree.flatten(state.params)
+    spec = (treedef, tuple((tuple(np.shape(a)), jnp.result_type(a)) for a in leaves))
+    problem = tree_mismatch(_expected_opt_state(optimizer, spec), state.opt_state)
     if problem is not None:
         raise ValueError(
             f"{where}: state.opt_state was not made by this optimizer for these params: "
