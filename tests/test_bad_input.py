@@ -145,3 +145,16 @@ def test_fit_arguments_fail_loudly(state, name, data):
         assert name == "penalty" and "penalty" in str(e), (name, value, str(e))
     else:
         assert np.all(np.isfinite(history["loss"])), (name, value)
+
+
+@pytest.mark.parametrize("make,error,match", [
+    (lambda: nn.dense(3, init=5), TypeError, "dense: init must be one of"),
+    (lambda: nn.dense(3, bias_init="x"), TypeError, "dense: bias_init must be"),
+    (lambda: nn.conv2d(3, 3, init=7), TypeError, "conv2d: init must be one of"),
+    (lambda: nn.layer_norm("a"), TypeError, "layer_norm: eps must be a number"),
+    (lambda: optim.sgd("0.1"), TypeError, "learning_rate must be a number"),
+    (lambda: nn.leaky_relu(float("nan")), ValueError, "negative_slope"),
+])
+def test_constructor_arguments_fail_at_construction(make, error, match):
+    with pytest.raises(error, match=match):
+        make()

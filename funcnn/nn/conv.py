@@ -54,7 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn.nn.dense import initializers
+from funcnn.nn.dense import check_bias_init, resolve_init
 from funcnn.nn.layer import Layer
 
 Array = jax.Array
@@ -190,13 +190,8 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
         conv_padding(padding, (1, 1), (1, 1), (1, 1), name)  # validates the mode now
     else:
         conv_padding(padding, (1, 1), window, strides, name)
-    if isinstance(init, str):
-        if init not in initializers:
-            raise ValueError(f"conv2d: unknown init {init!r}; choose one of "
-                             f"{sorted(initializers)} or pass a function")
-        w_init = initializers[init]
-    else:
-        w_init = init
+    w_init = resolve_init(init, name)
+    check_bias_init(bias_init, name)
 
     def geometry(h, w):
         pads = conv_padding(padding, (h, w), window, strides, name)

@@ -19,7 +19,7 @@ from funcnn.nn.layer import Layer, check_batch
 
 Array = jax.Array
 
-__all__ = ["Dense", "dense", "initializers"]
+__all__ = ["Dense", "dense", "initializers", "resolve_init", "check_bias_init", "fans"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,6 +78,29 @@ initializers: dict[str, Callable] = {
 }
 
 
+def resolve_init(init: str | Callable, where: str) -> Callable:
+    """The weight initializer named by ``init`` (or ``init`` itself, a function)."""
+    if isinstance(init, str):
+        if init not in initializers:
+            raise ValueError(f"{where}: unknown init {init!r}; choose one of "
+                             f"{sorted(initializers)} or pass a function")
+        return initializers[init]
+    if not callable(init):
+        raise TypeError(f"{where}: init must be one of {sorted(initializers)} or a function "
+                        f"(key, shape, dtype) -> weights; got {init!r}")
+    return init
+
+
+def check_bias_init(bias_init: float | str | Callable, where: str) -> None:
+    """``bias_init`` must be a number, ``"normal"`` or a function."""
+    if callable(bias_init) or bias_init == "normal":
+        return
+    if isinstance(bias_init, (bool, str)) or not isinstance(bias_init, (int, float, np.number)) \
+            or not np.isfinite(bias_init):
+        raise TypeError(f"{where}: bias_init must be a finite number, 'normal' or a function "
+                        f"(key, shape, dtype) -> biases; got {bias_init!r}")
+
+
 def dense(features: int, *, init: str | Callable = "glorot",
           bias_init: float | str | Callable = 0.0) -> Layer:
     """A fully connected layer, ``y = x @ w + b``.
@@ -93,13 +116,8 @@ def dense(features: int, *, init: str | Callable = "glorot",
     if not isinstance(features, (int, np.integer)) or features <= 0:
         raise ValueError(f"dense: features must be a positive int; got {features!r}")
     features = int(features)
-    if isinstance(init, str):
-        if init not in initializers:
-            raise ValueError(f"dense: unknown init {init!r}; choose one of "
-                             f"{sorted(initializers)} or pass a function")
-        w_init = initializers[init]
-    else:
-        w_init = init
+    w_init = resolve_init(init, "dense")
+    check_bias_init(bias_init, "dense")
 
     def init_fn(key, in_shape, dtype):
         if len(in_shape) != 1:

@@ -6,6 +6,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn.nn.layer import Layer, check_batch
 
@@ -43,7 +44,9 @@ def layer_norm(eps: float = 1e-5) -> Layer:
     ``scale`` and ``bias`` have the last axis's size. ``eps`` is 1e-5 (PyTorch,
     Equinox; Flax uses 1e-6). Works on any batch-first input of rank 2 or more.
     """
-    if not eps > 0:
+    if isinstance(eps, bool) or not isinstance(eps, (int, float, np.floating)):
+        raise TypeError(f"layer_norm: eps must be a number; got {eps!r}")
+    if not eps > 0 or not np.isfinite(eps):
         raise ValueError(f"layer_norm: eps must be > 0; got {eps!r}")
     eps = float(eps)
 

@@ -60,6 +60,9 @@ _CHECKS = {
 
 def _concrete(value: Any, name: str, where: str) -> np.ndarray | None:
     """``value`` as a float numpy array, or None for a tracer (inside jit/vmap)."""
+    if isinstance(value, (str, bytes, bool)):  # numpy would read "0.1" as 0.1
+        raise TypeError(f"{where}: {name} must be a number or a float array, got "
+                        f"{value!r} of type {type(value).__name__}.")
     try:
         return np.asarray(value, dtype=np.float64)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
