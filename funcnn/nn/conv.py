@@ -54,13 +54,13 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn.nn.dense import check_bias_init, resolve_init
+from funcnn.nn.dense import check_bias_init, make_bias, resolve_init
 from funcnn.nn.layer import Layer
 
 Array = jax.Array
 Padding = str | int | Sequence[tuple[int, int]]
 
-__all__ = ["Conv", "conv2d", "pair", "conv_padding", "check_image"]
+__all__ = ["Conv", "conv2d", "pair", "conv_padding", "check_image", "sliding", "out_size"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -156,6 +156,27 @@ def _check_batch(name: str, x: Array, channels: int) -> None:
                          f"shape {tuple(x.shape)}.{hint}")
 
 
+def sliding(name: str, what: str, window: tuple[int, int], strides: tuple[int, int],
+            padding: Padding):
+    """Checks ``padding`` now and returns ``geometry(h, w) -> (pads, (ho, wo))`` for a
+    window sliding over ``h x w`` images, which raises when the window does not fit."""
+    if isinstance(padding, str):
+        conv_padding(padding, (1, 1), (1, 1), (1, 1), name)  # validates the mode now
+    else:
+        conv_padding(padding, (1, 1), window, strides, name)
+
+    def geometry(h: int, w: int):
+        pads = conv_padding(padding, (h, w), window, strides, name)
+        outs = tuple(out_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
+        if min(outs) < 1:
+            raise ValueError(f"{name}: {what} {window} is larger than the padded input "
+                             f"({h + sum(pads[0])}, {w + sum(pads[1])}) for images of "
+                             f"{h}x{w} and padding {padding!r}; use a smaller {what} or "
+                             "padding='SAME'")
+        return pads, outs
+    return geometry
+
+
 def out_size(size: int, window: int, stride: int, pads: tuple[int, int]) -> int:
     """Output length along one axis: ``floor((size + pads - window) / stride) + 1``."""
     return (size + pads[0] + pads[1] - window) // stride + 1
@@ -186,36 +207,17 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
     features = int(features)
     window = pair(kernel_size, "kernel_size", name)
     strides = pair(stride, "stride", name)
-    if isinstance(padding, str):
-        conv_padding(padding, (1, 1), (1, 1), (1, 1), name)  # validates the mode now
-    else:
-        conv_padding(padding, (1, 1), window, strides, name)
+    geometry = sliding(name, "kernel", window, strides, padding)
     w_init = resolve_init(init, name)
     check_bias_init(bias_init, name)
-
-    def geometry(h, w):
-        pads = conv_padding(padding, (h, w), window, strides, name)
-        outs = tuple(out_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
-        return pads, outs
 
     def init_fn(key, in_shape, dtype):
         check_image(name, in_shape)
         h, w, c = in_shape
-        pads, (ho, wo) = geometry(h, w)
-        if ho < 1 or wo < 1:
-            raise ValueError(f"conv2d: kernel {window} is larger than the padded input "
-                             f"({h + sum(pads[0])}, {w + sum(pads[1])}) for input shape "
-                             f"{in_shape} and padding {padding!r}; use a smaller kernel or "
-                             "padding='SAME'")
+        _, (ho, wo) = geometry(h, w)
         kw_, kb = jax.random.split(key)
         kernel = jnp.asarray(w_init(kw_, window + (c, features), dtype), dtype)
-        if callable(bias_init):
-            b = jnp.asarray(bias_init(kb, (features,), dtype), dtype)
-        elif bias_init == "normal":
-            b = jax.random.normal(kb, (features,), dtype)
-        else:
-            b = jnp.full((features,), bias_init, dtype)
-        return (ho, wo, features), Conv(kernel, b)
+        return (ho, wo, features), Conv(kernel, make_bias(bias_init, kb, features, dtype))
 
     def apply_fn(params, x, key, train):
         _check_batch(name, x, params.w.shape[2])

@@ -19,7 +19,7 @@ from funcnn.nn.layer import Layer, check_batch
 
 Array = jax.Array
 
-__all__ = ["Dense", "dense", "initializers", "resolve_init", "check_bias_init", "fans"]
+__all__ = ["Dense", "dense", "initializers", "resolve_init", "check_bias_init", "make_bias", "fans"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,6 +101,15 @@ def check_bias_init(bias_init: float | str | Callable, where: str) -> None:
                         f"(key, shape, dtype) -> biases; got {bias_init!r}")
 
 
+def make_bias(bias_init: float | str | Callable, key: jax.Array, n: int, dtype) -> jax.Array:
+    """``n`` biases from ``bias_init``: a constant, ``"normal"`` (N(0, 1)) or a function."""
+    if callable(bias_init):
+        return jnp.asarray(bias_init(key, (n,), dtype), dtype)
+    if bias_init == "normal":
+        return jax.random.normal(key, (n,), dtype)
+    return jnp.full((n,), bias_init, dtype)
+
+
 def dense(features: int, *, init: str | Callable = "glorot",
           bias_init: float | str | Callable = 0.0) -> Layer:
     """A fully connected layer, ``y = x @ w + b``.
@@ -126,13 +135,7 @@ def dense(features: int, *, init: str | Callable = "glorot",
                 "Put nn.flatten() before dense for images.")
         kw, kb = jax.random.split(key)
         w = jnp.asarray(w_init(kw, (in_shape[0], features), dtype), dtype)
-        if callable(bias_init):
-            b = jnp.asarray(bias_init(kb, (features,), dtype), dtype)
-        elif bias_init == "normal":
-            b = jax.random.normal(kb, (features,), dtype)
-        else:
-            b = jnp.full((features,), bias_init, dtype)
-        return (features,), Dense(w, b)
+        return (features,), Dense(w, make_bias(bias_init, kb, features, dtype))
 
     def apply_fn(params, x, key, train):
         check_batch("dense", x, 1)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn.nn.conv import Padding, check_image, conv_padding, out_size, pair
+from funcnn.nn.conv import Padding, check_image, pair, sliding
 from funcnn.nn.layer import Layer, NoParams
 
 Array = jax.Array
@@ -53,24 +53,12 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
     input; ``backward_taps(taps, y, dy)`` yields each tap's share of ``dy``."""
     window = pair(window, "window", name)
     strides = pair(stride, "stride", name)
-    if isinstance(padding, str):
-        conv_padding(padding, (1, 1), (1, 1), (1, 1), name)
-    else:
-        conv_padding(padding, (1, 1), window, strides, name)
-
-    def geometry(h, w):
-        pads = conv_padding(padding, (h, w), window, strides, name)
-        outs = tuple(out_size(n, k, s, p) for n, k, s, p in zip((h, w), window, strides, pads))
-        return pads, outs
+    geometry = sliding(name, "window", window, strides, padding)
 
     def init_fn(key, in_shape, dtype):
         check_image(name, in_shape)
         h, w, c = in_shape
-        pads, (ho, wo) = geometry(h, w)
-        if ho < 1 or wo < 1:
-            raise ValueError(f"{name}: window {window} is larger than the padded input "
-                             f"({h + sum(pads[0])}, {w + sum(pads[1])}) for input shape "
-                             f"{in_shape}; use a smaller window or padding='SAME'")
+        _, (ho, wo) = geometry(h, w)
         return (ho, wo, c), NoParams()
 
     def apply_fn(params, x, key, train):
