@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from funcnn import losses, nn, optim, sweep, train
@@ -158,3 +158,39 @@ def test_fit_arguments_fail_loudly(state, name, data):
 def test_constructor_arguments_fail_at_construction(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+ANY = st.one_of(st.none(), st.booleans(), st.integers(-3, 9), st.floats(allow_nan=True),
+                st.text(max_size=3), st.tuples(st.integers(-2, 5), st.integers(-2, 5)),
+                st.lists(st.integers(0, 3), max_size=3))
+CONSTRUCTORS = {
+    "dense": lambda a, b: nn.dense(a),
+    "conv2d": lambda a, b: nn.conv2d(2, a, b),
+    "conv2d padding": lambda a, b: nn.conv2d(2, 3, 1, a),
+    "max_pool": lambda a, b: nn.max_pool(a, b),
+    "avg_pool": lambda a, b: nn.avg_pool(2, 2, a),
+    "dropout": lambda a, b: nn.dropout(a),
+    "leaky_relu": lambda a, b: nn.leaky_relu(a),
+    "layer_norm": lambda a, b: nn.layer_norm(a),
+}
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(name=st.sampled_from(sorted(CONSTRUCTORS)), a=ANY, b=ANY)
+@example(name="dropout", a="a", b=None)
+@example(name="dropout", a=None, b=None)
+@example(name="dense", a=True, b=None)
+def test_layer_constructors_fail_loudly(name, a, b):
+    """Random arguments: a working layer (it inits and applies to an image or vector),
+    or a ValueError/TypeError naming the layer."""
+    layer_name = name.split()[0]
+    try:
+        layer = CONSTRUCTORS[name](a, b)
+        shape = (4,) if layer_name in ("dense", "dropout", "leaky_relu", "layer_norm") \
+            else (6, 6, 1)
+        params = layer.init(jax.random.key(0), shape)
+        y = layer.apply(params, jnp.ones((2, *shape)))
+    except (ValueError, TypeError) as e:
+        assert layer_name in str(e), (name, a, b, str(e))
+    else:
+        assert np.all(np.isfinite(y)), (name, a, b)

@@ -156,6 +156,12 @@ def _check_batch(name: str, x: Array, channels: int) -> None:
                          f"shape {tuple(x.shape)}.{hint}")
 
 
+def _promote(*arrays: Array) -> list[Array]:
+    """The arrays in their common dtype (JAX's promotion rules)."""
+    dtype = jnp.result_type(*arrays)
+    return [a.astype(dtype) for a in arrays]
+
+
 def sliding(name: str, what: str, window: tuple[int, int], strides: tuple[int, int],
             padding: Padding):
     """Checks ``padding`` now and returns ``geometry(h, w) -> (pads, (ho, wo))`` for a
@@ -222,16 +228,18 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
     def apply_fn(params, x, key, train):
         _check_batch(name, x, params.w.shape[2])
         pads, _ = geometry(x.shape[1], x.shape[2])
-        y = lax.conv_general_dilated(x, params.w, strides, pads, dimension_numbers=_NHWC)
+        x, w = _promote(x, params.w)   # as x @ w would (lax.conv wants equal dtypes)
+        y = lax.conv_general_dilated(x, w, strides, pads, dimension_numbers=_NHWC)
         return y + params.b[None, None, None, :]
 
     # The rule (derived in the module docstring): db sums dy over batch and positions;
-    # dW and dx are the two convolutions below, both in canonical NHWC/HWIO layout.
+    # dW is one matmul of the input's patches with dy, dx a canonical NHWC/HWIO convolution.
     def backward_fn(params, tape, dy, key, train):
         x, _ = tape
         pads, _ = geometry(x.shape[1], x.shape[2])
+        x, w, dy = _promote(x, params.w, dy)
         dw = conv_weight_grad(x, dy, params.w.shape[:2], strides, pads)
-        dx = conv_input_grad(dy, params.w, x.shape[1:3], strides, pads)
+        dx = conv_input_grad(dy, w, x.shape[1:3], strides, pads)
         return Conv(w=dw, b=jnp.sum(dy, axis=(0, 1, 2))), dx
 
     return Layer(name, init_fn, apply_fn, backward_fn,

@@ -122,7 +122,8 @@ def dense(features: int, *, init: str | Callable = "glorot",
       bias_init: a constant (default 0), ``"normal"`` (``N(0,1)``, as Nielsen), or a
         function ``(key, (n_out,), dtype) -> b``.
     """
-    if not isinstance(features, (int, np.integer)) or features <= 0:
+    if isinstance(features, bool) or not isinstance(features, (int, np.integer)) \
+            or features <= 0:
         raise ValueError(f"dense: features must be a positive int; got {features!r}")
     features = int(features)
     w_init = resolve_init(init, "dense")

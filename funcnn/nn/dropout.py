@@ -29,9 +29,12 @@ def dropout(rate: float | Array) -> Layer:
     NNFS; stax's ``Dropout(rate)`` keeps with probability ``rate``). ``rate`` may be a
     traced array, e.g. inside a ``vmap`` over dropout rates.
     """
+    if rate is None or isinstance(rate, (str, bytes, bool)):
+        raise TypeError(f"dropout: rate must be a number in [0, 1) (the probability of "
+                        f"dropping); got {rate!r}")
     r = concrete(rate)
     if r is not None:
-        if r.shape != () or not (0.0 <= float(r) < 1.0):
+        if r.shape != () or r.dtype.kind not in "iuf" or not (0.0 <= float(r) < 1.0):
             raise ValueError(f"dropout: rate is the probability of dropping and must be "
                              f"in [0, 1); got {rate!r}")
 
