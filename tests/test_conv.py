@@ -37,7 +37,7 @@ GEOMETRIES = [
     ((5, 5, 3), 3, 3, 2, "SAME"),
     ((4, 6, 2), 3, 2, 1, ((1, 2), (0, 3))),   # explicit, asymmetric padding
     ((5, 4, 1), 2, 2, 3, 2),            # padding wider than the kernel - 1
-    ((8, 8, 3), 5, 5, 1, "VALID"),
+    ((8, 8, 3), 2, 5, 1, "VALID"),
     ((3, 3, 2), 2, 3, 1, "VALID"),      # a 1x1 output
 ]
 
@@ -161,7 +161,7 @@ def _conv_net(features, kernel, stride, pool, act):
     return nn.serial(*layers, nn.layer_norm(), nn.flatten(), nn.dense(3))
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(features=st.integers(1, 4), kernel=st.integers(1, 3), stride=st.integers(1, 2),
        pool=st.sampled_from(["max", "avg", "none"]),
        act=st.sampled_from(["relu", "sigmoid", "tanh"]), channels=st.sampled_from([1, 3]),
