@@ -12,7 +12,7 @@ evaluated after every epoch as the book's ``Model.train`` does), on the same dat
   chapter-19 ``Model`` loop, step by step: float64 weights (``0.01 * randn``),
   float32 inputs, the loss and accuracy of every batch accumulated as the book does.
 * ``funcnn``: ``train.fit`` with the same model, the hand-derived backprop and
-  ``optim.adam(..., convention="nnfs")``, float32, one compiled call per epoch.
+  ``optim.nnfs.adam(...)``, float32, one compiled call per epoch.
 
 Data: synthetic images of the same shape (60,000 + 10,000, 28x28 uint8, 10 classes)
 by default; ``--data-dir`` reads the real IDX files. Timing: wall time of whole
@@ -137,7 +137,7 @@ def time_both(train_set, test_set, epochs: int) -> dict[str, tuple[list[float], 
 
     model = nn.serial(nn.dense(128, init="nnfs"), nn.relu(), nn.dense(128, init="nnfs"),
                       nn.relu(), nn.dense(10, init="nnfs"))
-    opt = optim.adam(1e-3, decay=1e-3, convention="nnfs")
+    opt = optim.nnfs.adam(1e-3, decay=1e-3)
     loss = losses.softmax_cross_entropy
     state = train.init_state(model, opt, jax.random.key(0), (784,))
     kw = dict(batch_size=128, validation_data=(xt, yt), epochs_per_call=1, progress=False)

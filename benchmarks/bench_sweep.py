@@ -93,7 +93,7 @@ LOSS = losses.softmax_cross_entropy
 
 
 def nnfs_adam() -> optim.Optimizer:
-    return optim.adam(0.05, decay=5e-7, convention="nnfs")
+    return optim.nnfs.adam(0.05, decay=5e-7)
 
 
 # --------------------------------------------------------------------------------------

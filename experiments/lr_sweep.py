@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     x, y = spiral_data(100, 3)
     model = nnfs_model()
-    opt = optim.adam(0.05, decay=5e-7, convention="nnfs")  # the book's; the grid overrides
+    opt = optim.nnfs.adam(0.05, decay=5e-7)  # the book's; the grid overrides
     loss = losses.softmax_cross_entropy
     print(f"JAX: {jax.default_backend()}, {jax.device_count()} device(s); "
           f"{args.epochs} epochs per configuration", flush=True)

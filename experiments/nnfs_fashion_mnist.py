@@ -11,7 +11,7 @@ The book's setup, step by step:
   ``0.01 * randn`` and zero biases (``init="nnfs"``);
 * softmax cross-entropy, mean over the batch (the book's fused softmax + CCE);
 * Adam with learning rate 0.001, decay 1e-3 (``lr / (1 + decay * step)``) and the
-  book's epsilon 1e-7 (``convention="nnfs"``);
+  book's epsilon 1e-7 (``optim.nnfs.adam``);
 * 10 epochs of batches of 128; the test set serves as the validation set.
 
 The book reports a validation accuracy of about 0.87 (a numpy run of its code gives
@@ -63,7 +63,7 @@ def run(r: experiment.Run) -> dict[str, float]:
     model = nn.serial(nn.dense(cfg.hidden, init="nnfs"), nn.relu(),
                       nn.dense(cfg.hidden, init="nnfs"), nn.relu(),
                       nn.dense(10, init="nnfs"))
-    opt = optim.adam(cfg.lr, decay=cfg.decay, convention="nnfs")
+    opt = optim.nnfs.adam(cfg.lr, decay=cfg.decay)
     loss = losses.softmax_cross_entropy
     state = train.init_state(model, opt, r.key, (784,))
     state, history = r.fit(model, loss, opt, state, x_train, y_train, epochs=cfg.epochs,

@@ -2,7 +2,7 @@
 
 From the book's own initialization (``nnfs.init()``, ``0.01 * randn`` weights drawn
 after ``spiral_data(100, 3)``), Dense(2,64)-ReLU-Dense(64,3), 10001 full-batch epochs,
-the book's hyperparameters and conventions (``convention="nnfs"``). Prints a table
+the book's hyperparameters and conventions (``optim.nnfs``). Prints a table
 against the book's numpy results and saves the loss curves.
 
     python experiments/nnfs_optimizers.py --out out/nnfs_optimizers

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"  largest difference over all weights and biases: {diff / scale:.1e} of the "
           "largest gradient (float32 rounding)\n")
 
-    opt = optim.adam(0.05, decay=5e-7, convention="nnfs")
+    opt = optim.nnfs.adam(0.05, decay=5e-7)
     state = train.init_state(model, opt, jax.random.key(0), (2,), params=params)
     t0 = time.perf_counter()
     state, history = train.fit(model, loss, opt, state, x, y, epochs=args.epochs,

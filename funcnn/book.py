@@ -46,11 +46,11 @@ def spiral_setup(hidden: int = 64, *, samples: int = 100, classes: int = 3,
 
 # The chapter-10 comparison, with the book's hyperparameters and conventions.
 CHAPTER10_OPTIMIZERS: dict[str, Callable[[], optim.Optimizer]] = {
-    "sgd": lambda: optim.sgd(1.0, convention="nnfs"),
-    "sgd_momentum": lambda: optim.sgd(1.0, decay=1e-3, momentum=0.9, convention="nnfs"),
-    "adagrad": lambda: optim.adagrad(1.0, decay=1e-4, convention="nnfs"),
-    "rmsprop": lambda: optim.rmsprop(0.02, decay=1e-5, rho=0.999, convention="nnfs"),
-    "adam": lambda: optim.adam(0.05, decay=5e-7, convention="nnfs"),
+    "sgd": lambda: optim.nnfs.sgd(1.0),
+    "sgd_momentum": lambda: optim.nnfs.sgd(1.0, decay=1e-3, momentum=0.9),
+    "adagrad": lambda: optim.nnfs.adagrad(1.0, decay=1e-4),
+    "rmsprop": lambda: optim.nnfs.rmsprop(0.02, decay=1e-5, rho=0.999),
+    "adam": lambda: optim.nnfs.adam(0.05, decay=5e-7),
 }
 
 # The book's code run in numpy (10001 full-batch epochs): final accuracy, loss.

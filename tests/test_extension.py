@@ -272,9 +272,9 @@ def test_sweep_reports_the_same_metrics_as_fit():
     model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
     chosen = [metrics.accuracy, metrics.Metric("top_prob", lambda z, y: jnp.mean(
         jnp.max(nn.softmax_fn(z), axis=1)))]
-    res = sweep.run(model, SCE, optim.adam(), X64, Y, sweep.grid(learning_rate=[0.01]),
+    res = sweep.run(model, SCE, optim.adam(1e-3), X64, Y, sweep.grid(learning_rate=[0.01]),
                     epochs=3, batch_size=20, dtype=F64, metrics=chosen, strategy="loop")
-    opt = optim.adam()
+    opt = optim.adam(1e-3)
     state = train.init_state(model, opt, jax.random.key(0), (2,), dtype=F64)
     state = dataclasses.replace(state, opt_state=optim.set_hyperparams(
         state.opt_state, learning_rate=jnp.asarray(0.01, F64)))
@@ -358,6 +358,6 @@ def test_losses_serve_as_metrics_and_penalties_are_checked():
 def test_sweep_summary_shows_the_metrics_it_has():
     model = nn.serial(nn.dense(4), nn.tanh(), nn.dense(1))
     xs, ys = data.sine_data(32)
-    res = sweep.run(model, losses.mse, optim.adam(), xs, ys, sweep.grid(learning_rate=[0.01]),
+    res = sweep.run(model, losses.mse, optim.adam(1e-3), xs, ys, sweep.grid(learning_rate=[0.01]),
                     epochs=2, strategy="loop")
     assert "mae" in res.summary().splitlines()[0]

@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 X, Y = spiral_data(20, 3)            # 60 examples
 MODEL = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
 LOSS = losses.softmax_cross_entropy
-OPT = optim.adam(0.01)
+OPT = optim.adam(optim.inverse_time_decay(0.01, 0.0))  # "decay" is sweepable
 EPOCHS, BATCH = 3, 20                # 3 shuffled minibatch steps per epoch
 F64 = jnp.float64
 RTOL, ATOL = 1e-9, 1e-12
@@ -37,7 +37,7 @@ RTOL, ATOL = 1e-9, 1e-12
 def _fit(lr=0.01, decay=0.0, seed=0, model=MODEL, penalty=None, opt=None, epochs=EPOCHS,
          batch_size=BATCH, **kw):
     """One configuration trained alone, as a user would: its own optimizer and fit."""
-    opt = opt or optim.adam(lr, decay=decay)
+    opt = opt or optim.adam(optim.inverse_time_decay(lr, decay))
     state = train.init_state(model, opt, jax.random.key(seed), (2,), dtype=F64)
     return train.fit(model, LOSS, opt, state, X, Y, epochs=epochs, batch_size=batch_size,
                      penalty=penalty, progress=False, **kw)

@@ -80,7 +80,7 @@ def test_fit_in_chunks_equals_fit_in_one_call(spiral):
 def test_history_and_validation(spiral):
     x, y = spiral
     model = nn.serial(nn.dense(16), nn.relu(), nn.dense(3))
-    opt = optim.adam(0.02, decay=1e-3)
+    opt = optim.adam(optim.inverse_time_decay(0.02, 1e-3))
     state, hist = train.fit(model, SCE, opt, _state(model, opt), x, y, epochs=30,
                             validation_data=(x, y))
     assert len(hist) == 30

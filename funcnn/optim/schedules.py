@@ -1,26 +1,32 @@
-"""Learning-rate schedules: ``Schedule`` plus its rules, as functions of the step."""
+"""Learning-rate schedules under optax's names, each a function of the step count.
+
+A :class:`Schedule` is a static ``rule`` plus its hyperparameter values. Called on
+its own, ``schedule(step)`` is the value at that step, as an optax schedule. Given to
+an optimizer (``adam(learning_rate=cosine_decay_schedule(0.1, 1000))``), its values
+are copied into the optimizer state as arrays, so ``set_hyperparams`` and ``jax.vmap``
+reach them and a new value never recompiles.
+
+Names, argument order and defaults are optax's, and so is every formula (the tests
+compare each with optax over 1000 steps). One schedule is the NNFS book's and has a
+name optax does not use: ``inverse_time_decay(learning_rate, decay)``,
+``lr_t = learning_rate / (1 + decay * t)``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.optim.base import Array, Hparams, _concrete, _validate
+from funcnn.optim.base import (AT_LEAST_0, POSITIVE, UNIT, Array, Hparams, concrete,
+                               validate)
 
 
-# A schedule *rule* maps (hparams, step) -> value. Rules are module functions
-# or frozen dataclasses, so they are hashable and compare by structure only.
 @dataclass(frozen=True, eq=False)
 class Schedule:
-    """A learning-rate schedule: a static ``rule`` plus its hyperparameter values.
-
-    ``schedule(step)`` evaluates it on its own; inside an optimizer the values
-    are copied into ``state.hparams`` (under the names below) and can be changed
-    there with ``set_hyperparams``.
-    """
+    """A schedule: a static ``rule(hparams, step) -> value`` plus its hyperparameters."""
 
     rule: Callable[[Hparams, Array], Array]
     hparams: dict[str, Any]
@@ -31,11 +37,16 @@ class Schedule:
         return self.rule(h, jnp.asarray(step, dtype=dtype))
 
 
-def _schedule(rule: Callable, where: str, **hparams: Any) -> Schedule:
-    _validate(hparams, where)
-    return Schedule(rule, hparams)
+def _make(rule: Callable, where: str, checks: dict[str, tuple], **hparams: Any) -> Schedule:
+    validate(hparams, checks, where)
+    s = Schedule(rule, hparams)
+    v0 = concrete(s(0), "value at step 0", where)
+    if v0 is not None and not np.all(np.isfinite(v0)):
+        raise ValueError(f"{where}: the value at step 0 is {v0}; pass finite values.")
+    return s
 
 
+# ------------------------------------------------------------------- rules --
 def _constant(h: Hparams, step: Array) -> Array:
     return h["value"]
 
@@ -45,41 +56,81 @@ def _inverse_time(h: Hparams, step: Array) -> Array:
 
 
 @dataclass(frozen=True)
-class _Exponential:
-    staircase: bool
+class _Polynomial:
+    linear: bool  # frac itself, not frac**1.0 (which pow may round)
 
     def __call__(self, h: Hparams, step: Array) -> Array:
-        p = step / h["transition_steps"]
-        return h["init_value"] * h["decay_rate"] ** (jnp.floor(p) if self.staircase else p)
-
-
-def _cosine(h: Hparams, step: Array) -> Array:
-    t = jnp.minimum(step, h["decay_steps"])
-    cos = 0.5 * (1 + jnp.cos(jnp.pi * t / h["decay_steps"]))
-    return h["init_value"] * ((1 - h["alpha"]) * cos + h["alpha"])
+        n = h["transition_steps"]
+        safe_n = jnp.where(n > 0, n, 1)
+        t = jnp.clip(step - jnp.maximum(h["transition_begin"], 0), min=0, max=safe_n)
+        frac = 1 - t / safe_n
+        decayed = frac if self.linear else frac ** h["power"]
+        value = (h["init_value"] - h["end_value"]) * decayed + h["end_value"]
+        return jnp.where(n > 0, value, h["init_value"])  # optax: n <= 0 is constant
 
 
 @dataclass(frozen=True)
-class _Warmup:
-    then: Callable | None  # rule used from step warmup_steps on (at step - warmup_steps)
+class _Exponential:
+    staircase: bool
+    bounded: bool  # an end_value was given
 
     def __call__(self, h: Hparams, step: Array) -> Array:
-        w, start, peak = h["warmup_steps"], h["start_value"], h["peak_value"]
-        ramp = start + (peak - start) * step / w
-        after = peak if self.then is None else self.then(h, jnp.maximum(step - w, 0))
-        return jnp.where(step < w, ramp, after)
+        n, rate, v0 = h["transition_steps"], h["decay_rate"], h["init_value"]
+        t = step - jnp.maximum(h["transition_begin"], 0)
+        p = t / jnp.where(n > 0, n, 1)
+        if self.staircase:
+            p = jnp.floor(p)
+        value = jnp.where(t <= 0, v0, v0 * jnp.power(rate, p))
+        if self.bounded:
+            end = h["end_value"]
+            value = jnp.where(rate < 1, jnp.maximum(value, end), jnp.minimum(value, end))
+        return jnp.where((n > 0) & (rate != 0), value, v0)  # optax: constant then
+
+
+def _cosine_value(v0: Array, steps: Array, alpha: Array, exponent: Array,
+                  step: Array) -> Array:
+    t = jnp.minimum(step, steps)
+    cos = 0.5 * (1 + jnp.cos(jnp.pi * t / steps))
+    return v0 * ((1 - alpha) * cos ** exponent + alpha)
+
+
+def _cosine(h: Hparams, step: Array) -> Array:
+    return _cosine_value(h["init_value"], h["decay_steps"], h["alpha"], h["exponent"], step)
 
 
 def _warmup_cosine(h: Hparams, step: Array) -> Array:
-    w, init, peak, end = h["warmup_steps"], h["init_value"], h["peak_value"], h["end_value"]
-    span = h["decay_steps"] - w  # decay_steps counts the warmup, as optax
-    ramp = init + (peak - init) * step / w
-    t = jnp.clip(step - w, min=0, max=span)
-    return jnp.where(step < w, ramp, end + (peak - end) * 0.5 * (1 + jnp.cos(jnp.pi * t / span)))
+    w, v0, peak, end = h["warmup_steps"], h["init_value"], h["peak_value"], h["end_value"]
+    safe_w = jnp.where(w > 0, w, 1)
+    frac = 1 - jnp.clip(step, min=0, max=safe_w) / safe_w
+    ramp = jnp.where(w > 0, (v0 - peak) * frac + peak, v0)
+    alpha = jnp.where(peak == 0, 0.0, end / jnp.where(peak == 0, 1, peak))
+    after = _cosine_value(peak, h["decay_steps"] - w, alpha, h["exponent"], step - w)
+    return jnp.where(step < w, ramp, after)
 
 
 def _piecewise(h: Hparams, step: Array) -> Array:
-    return h["values"][jnp.sum(step >= h["boundaries"])]  # boundaries passed so far
+    v = h["init_value"]
+    for i in range(h["boundaries"].shape[0]):  # optax's form, so values agree to the bit
+        indicator = jnp.maximum(0.0, jnp.sign(h["boundaries"][i] - step))
+        v = v * indicator + (1 - indicator) * h["scales"][i] * v
+    return v
+
+
+@dataclass(frozen=True)
+class _Join:
+    rules: tuple  # one rule per piece; piece i's hparams are named "i.name"
+
+    def __call__(self, h: Hparams, step: Array) -> Array:
+        def piece(i: int, t: Array) -> Array:
+            prefix = f"{i}."
+            return self.rules[i]({k[len(prefix):]: v for k, v in h.items()
+                                  if k.startswith(prefix)}, t)
+
+        out = piece(0, step)
+        for i in range(1, len(self.rules)):
+            b = h["boundaries"][i - 1]
+            out = jnp.where(step < b, out, piece(i, step - b))
+        return out
 
 
 @dataclass(frozen=True)
@@ -90,99 +141,136 @@ class _Plain:
         return self.fn(step)
 
 
-def constant(value: float) -> Schedule:
-    """``value`` at every step. Hyperparameter: ``value``."""
-    return _schedule(_constant, "constant", value=value)
+# ------------------------------------------------------------ constructors --
+def constant_schedule(value: float) -> Schedule:
+    """``value`` at every step."""
+    return _make(_constant, "constant_schedule", {}, value=value)
 
 
 def inverse_time_decay(learning_rate: float, decay: float) -> Schedule:
-    """NNFS decay ``lr_t = learning_rate / (1 + decay*t)``. Hparams: same names."""
-    return _schedule(_inverse_time, "inverse_time_decay", learning_rate=learning_rate, decay=decay)
+    """The NNFS book's decay, ``learning_rate / (1 + decay * t)`` (optax has no such name)."""
+    return _make(_inverse_time, "inverse_time_decay",
+                 {"learning_rate": AT_LEAST_0, "decay": AT_LEAST_0},
+                 learning_rate=learning_rate, decay=decay)
 
 
-def exponential_decay(init_value: float, decay_rate: float, transition_steps: float,
-                      staircase: bool = False) -> Schedule:
-    """``init_value * decay_rate**(t/transition_steps)`` (exponent floored if staircase).
+def polynomial_schedule(init_value: float, end_value: float, power: float,
+                        transition_steps: int, transition_begin: int = 0) -> Schedule:
+    """From ``init_value`` to ``end_value`` as ``(init - end) * (1 - t/T)**power + end``.
 
-    Note the argument order differs from optax's; pass them by name.
+    ``t`` counts from ``transition_begin`` and stops at ``T = transition_steps``; as in
+    optax, ``T <= 0`` gives the constant ``init_value``.
     """
-    return _schedule(_Exponential(bool(staircase)), "exponential_decay", init_value=init_value,
-                     decay_rate=decay_rate, transition_steps=transition_steps)
+    return _make(_Polynomial(False), "polynomial_schedule", {}, init_value=init_value,
+                 end_value=end_value, power=power, transition_steps=transition_steps,
+                 transition_begin=transition_begin)
 
 
-def cosine_decay(init_value: float, decay_steps: float, alpha: float = 0.0) -> Schedule:
-    """``init_value * ((1-alpha)*c + alpha)`` with ``c = (1 + cos(pi*min(t, T)/T))/2``.
+def linear_schedule(init_value: float, end_value: float, transition_steps: int,
+                    transition_begin: int = 0) -> Schedule:
+    """``polynomial_schedule`` with ``power=1``: a straight line from init to end."""
+    return _make(_Polynomial(True), "linear_schedule", {}, init_value=init_value,
+                 end_value=end_value, transition_steps=transition_steps,
+                 transition_begin=transition_begin)
+
+
+def exponential_decay(init_value: float, transition_steps: int, decay_rate: float,
+                      transition_begin: int = 0, staircase: bool = False,
+                      end_value: float | None = None) -> Schedule:
+    """``init_value * decay_rate ** ((t - transition_begin) / transition_steps)``.
+
+    optax's argument order. The exponent is floored when ``staircase``; ``end_value``
+    bounds the value (a floor when decaying, a ceiling when growing). A ``decay_rate``
+    above 1 without an ``end_value`` grows without bound, usually arguments in
+    another order, so it is refused.
+    """
+    where = "exponential_decay"
+    h = dict(init_value=init_value, transition_steps=transition_steps, decay_rate=decay_rate,
+             transition_begin=transition_begin)
+    rate = concrete(decay_rate, "decay_rate", where)
+    if end_value is None and rate is not None and np.any(rate > 1):
+        raise ValueError(
+            f"{where}: decay_rate={decay_rate} > 1 makes the value grow without bound. The "
+            "arguments are optax's: exponential_decay(init_value, transition_steps, "
+            "decay_rate); e.g. exponential_decay(0.1, 1000, 0.99) multiplies 0.1 by 0.99 every "
+            "1000 steps. To grow on purpose, pass end_value= as the ceiling.")
+    if end_value is not None:
+        h["end_value"] = end_value
+    return _make(_Exponential(bool(staircase), end_value is not None), where,
+                 {"init_value": AT_LEAST_0, "decay_rate": AT_LEAST_0}, **h)
+
+
+def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.0,
+                          exponent: float = 1.0) -> Schedule:
+    """``init_value * ((1 - alpha) * c**exponent + alpha)``, ``c = (1 + cos(pi*min(t,T)/T))/2``.
 
     ``T = decay_steps``; after T steps the value stays at ``alpha * init_value``.
     """
-    return _schedule(_cosine, "cosine_decay", init_value=init_value,
-                     decay_steps=decay_steps, alpha=alpha)
+    return _make(_cosine, "cosine_decay_schedule", {"decay_steps": POSITIVE, "alpha": UNIT},
+                 init_value=init_value, decay_steps=decay_steps, alpha=alpha, exponent=exponent)
 
 
-def linear_warmup(peak_value: float, warmup_steps: float, start_value: float = 0.0,
-                  then: Schedule | None = None) -> Schedule:
-    """Rise linearly from ``start_value`` to ``peak_value`` over ``warmup_steps``.
-
-    Afterwards stay at ``peak_value``, or follow ``then`` evaluated at
-    ``t - warmup_steps`` (so ``then`` starts from its own step 0). The hparams
-    are ``start_value, peak_value, warmup_steps`` plus those of ``then``.
-    """
-    h = dict(start_value=start_value, peak_value=peak_value, warmup_steps=warmup_steps)
-    if then is None:
-        return _schedule(_Warmup(None), "linear_warmup", **h)
-    if not isinstance(then, Schedule):
-        raise TypeError(f"linear_warmup: then must be a Schedule (e.g. cosine_decay(...)), "
-                        f"got {type(then).__name__}.")
-    if clash := set(h) & set(then.hparams):
-        raise ValueError(f"linear_warmup: hyperparameter names {sorted(clash)} appear in both the "
-                         "warmup and `then`; use another kind of schedule for `then`.")
-    return _schedule(_Warmup(then.rule), "linear_warmup", **h, **then.hparams)
-
-
-def warmup_cosine_decay(init_value: float, peak_value: float, warmup_steps: float,
-                        decay_steps: float, end_value: float = 0.0) -> Schedule:
+def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_steps: int,
+                                 decay_steps: int, end_value: float = 0.0,
+                                 exponent: float = 1.0) -> Schedule:
     """Linear warmup ``init_value -> peak_value``, then cosine decay to ``end_value``.
 
-    As optax's ``warmup_cosine_decay_schedule``: ``decay_steps`` is the total
-    length including the warmup, so the cosine spans ``decay_steps - warmup_steps``.
+    As optax: ``decay_steps`` is the total length, warmup included, so the cosine spans
+    ``decay_steps - warmup_steps``.
     """
-    h = dict(init_value=init_value, peak_value=peak_value, warmup_steps=warmup_steps,
-             decay_steps=decay_steps, end_value=end_value)
-    s = _schedule(_warmup_cosine, "warmup_cosine_decay", **h)
-    w, d = (_concrete(h[k], k, "warmup_cosine_decay") for k in ("warmup_steps", "decay_steps"))
-    if w is not None and d is not None and not d > w:
-        raise ValueError(f"warmup_cosine_decay: decay_steps (total, warmup included) must "
-                         f"exceed warmup_steps, got decay_steps={decay_steps}, "
+    where = "warmup_cosine_decay_schedule"
+    w = concrete(warmup_steps, "warmup_steps", where)
+    d = concrete(decay_steps, "decay_steps", where)
+    if w is not None and d is not None and not np.all(d > w):
+        raise ValueError(f"{where}: decay_steps (the total, warmup included) must exceed "
+                         f"warmup_steps, got decay_steps={decay_steps}, "
                          f"warmup_steps={warmup_steps}.")
-    return s
+    return _make(_warmup_cosine, where, {}, init_value=init_value, peak_value=peak_value,
+                 warmup_steps=warmup_steps, decay_steps=decay_steps, end_value=end_value,
+                 exponent=exponent)
 
 
-def piecewise_constant(boundaries: Any, values: Any) -> Schedule:
-    """``values[i]`` for ``boundaries[i-1] <= t < boundaries[i]``, as optax.
+def piecewise_constant_schedule(init_value: float,
+                                boundaries_and_scales: dict[int, float] | None = None
+                                ) -> Schedule:
+    """``init_value`` times every ``scale`` whose boundary the step has reached.
 
-    ``len(values) == len(boundaries) + 1``; boundaries strictly increasing.
+    As optax: ``{1000: 0.1, 2000: 0.5}`` multiplies by 0.1 from step 1000 on, and by
+    0.5 more from step 2000 on. Scales must be >= 0.
     """
-    s = _schedule(_piecewise, "piecewise_constant", boundaries=boundaries, values=values)
-    nb, nv = np.shape(boundaries), np.shape(values)
-    if len(nb) != 1 or len(nv) != 1 or nv[0] != nb[0] + 1:
-        raise ValueError(f"piecewise_constant: need 1-D boundaries and values with len(values) == "
-                         f"len(boundaries) + 1, got shapes {nb} and {nv}.")
-    b = _concrete(boundaries, "boundaries", "piecewise_constant")
-    if b is not None and np.any(np.diff(b) <= 0):
-        raise ValueError(f"piecewise_constant: boundaries must be strictly increasing, got {b}.")
-    return s
+    where = "piecewise_constant_schedule"
+    items = sorted((boundaries_and_scales or {}).items())
+    if not isinstance(boundaries_and_scales, (dict, type(None))):
+        raise TypeError(f"{where}: boundaries_and_scales must be a dict {{step: scale}}, got "
+                        f"{type(boundaries_and_scales).__name__}.")
+    scales = np.asarray([s for _, s in items], dtype=np.float64)
+    if np.any(scales < 0):
+        raise ValueError(f"{where}: scales must be >= 0, got {scales.tolist()}.")
+    return _make(_piecewise, where, {}, init_value=init_value,
+                 boundaries=np.asarray([b for b, _ in items], dtype=np.float64), scales=scales)
 
 
-def _as_schedule(learning_rate: Any, decay: Any, where: str) -> Schedule:
-    """A float learning rate becomes ``inverse_time_decay(lr, decay)`` (decay 0: constant)."""
-    if isinstance(learning_rate, Schedule) or callable(learning_rate):
-        d = _concrete(decay, "decay", where)
-        if d is None or np.any(d != 0):
-            raise ValueError(f"{where}: decay only applies to a float learning_rate, got a "
-                             f"schedule and decay={decay!r}. Fix: pass decay=0 or build the "
-                             "decay into the schedule.")
-        if isinstance(learning_rate, Schedule):
-            return learning_rate
-        return Schedule(_Plain(learning_rate), {})
-    _validate({"learning_rate": learning_rate, "decay": decay}, where)
-    return Schedule(_inverse_time, {"learning_rate": learning_rate, "decay": decay})
+def join_schedules(schedules: Sequence[Schedule | Callable], boundaries: Sequence[int]
+                   ) -> Schedule:
+    """Schedule i from ``boundaries[i-1]`` on, evaluated at ``step - boundaries[i-1]``.
+
+    The joined schedule keeps each piece's hyperparameters, named ``"i.name"``.
+    """
+    where = "join_schedules"
+    pieces = [as_schedule(s, where) for s in schedules]
+    if len(boundaries) != len(pieces) - 1:
+        raise ValueError(f"{where}: need len(boundaries) == len(schedules) - 1, got "
+                         f"{len(boundaries)} boundaries for {len(pieces)} schedules.")
+    h: dict[str, Any] = {f"{i}.{k}": v for i, p in enumerate(pieces) for k, v in p.hparams.items()}
+    h["boundaries"] = np.asarray(boundaries, dtype=np.float64)
+    return _make(_Join(tuple(p.rule for p in pieces)), where, {}, **h)
+
+
+def as_schedule(value: Any, where: str) -> Schedule:
+    """A ``Schedule`` as is; a plain ``step -> value`` callable wrapped (no hyperparameters)."""
+    if isinstance(value, Schedule):
+        return value
+    if callable(value):
+        return Schedule(_Plain(value), {})
+    raise TypeError(f"{where}: expected a schedule (e.g. optim.linear_schedule(...)) or a "
+                    f"function of the step, got {type(value).__name__}.")

@@ -6,7 +6,7 @@ of epochs::
 
     space = sweep.grid(learning_rate=np.geomspace(1e-3, 1e-1, 8),
                        decay=[0.0, 1e-4, 1e-3, 1e-2])
-    res = sweep.run(model, losses.softmax_cross_entropy, optim.adam(convention="nnfs"),
+    res = sweep.run(model, losses.softmax_cross_entropy, optim.nnfs.adam(),
                     x, y, space, epochs=500)
     res.best("accuracy")            # {'index': 13, 'learning_rate': ..., 'accuracy': ...}
     res.to_csv("sweep.csv"); res.plot_heatmap("accuracy").savefig("heatmap.png")

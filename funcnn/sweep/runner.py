@@ -71,7 +71,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                         f"sweep.random, ...); got {type(space).__name__}")
     if not isinstance(optimizer, optim.Optimizer):
         raise TypeError(f"{where}: optimizer must be a funcnn.optim.Optimizer (e.g. "
-                        f"optim.adam()); got {type(optimizer).__name__}")
+                        f"optim.adam(1e-3)); got {type(optimizer).__name__}")
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"{where}: epochs must be a positive int; got {epochs!r}")
     n_configs = len(space)
