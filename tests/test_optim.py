@@ -366,11 +366,14 @@ def test_chain_hyperparameter_names():
     with pytest.raises(ValueError, match=r"several links.*'1/0/learning_rate', '2/0/learning"):
         O.set_hyperparams(s, learning_rate=0.5)
     deep = O.chain(O.chain(O.chain(O.scale(2.0)), O.trace(0.5)), O.adam(0.1)).init(p)
-    assert set(O.hyperparams(deep)) == {"step_size", "decay", "b1", "b2", "eps", "eps_root",
+    assert set(O.hyperparams(deep)) == {"step_size", "momentum", "b1", "b2", "eps", "eps_root",
                                         "learning_rate"}
-    deep = O.set_hyperparams(deep, step_size=3.0, **{"0/1/decay": 0.25})
+    deep = O.set_hyperparams(deep, step_size=3.0, **{"0/1/momentum": 0.25})
     assert float(deep.states[0].states[0].states[0].hparams["step_size"]) == 3.0
-    assert float(O.hyperparams(deep)["decay"]) == 0.25
+    assert float(O.hyperparams(deep)["momentum"]) == 0.25
+    # the book's SGD shows the book's names
+    assert set(O.hyperparams(O.nnfs.sgd(1.0, decay=1e-3, momentum=0.9).init(p))) == {
+        "learning_rate", "decay", "momentum"}
     # the book's RMSprop has two "decay"s: the smoothing and the learning-rate decay
     book = O.nnfs.rmsprop(0.02, decay=1e-5, rho=0.999).init(p)
     assert float(O.hyperparams(book)["0/decay"]) == pytest.approx(0.999)

@@ -20,7 +20,7 @@ from funcnn.optim.transforms import _ScaleByLearningRate, _ScaleBySchedule
 
 Path = tuple[int, ...]
 # Ranges checked by set_hyperparams, by name (each transform checks its own at construction).
-_CHECKS = {**dict.fromkeys(["b1", "b2"], FRACTION),
+_CHECKS = {**dict.fromkeys(["b1", "b2", "momentum"], FRACTION),
            **dict.fromkeys(["learning_rate", "eps", "eps_root", "weight_decay", "max_norm",
                             "max_delta", "decay"], AT_LEAST_0)}
 

@@ -19,7 +19,7 @@ momentum trace is the whole difference between the book's momentum and optax's: 
 two agree while the learning rate is constant and part once it decays.
 
 The hyperparameters in the state keep the transforms' names (``learning_rate``,
-``decay``, ``b1``, ``eps``, ...). In ``rmsprop`` both the smoothing and the
+``decay``, ``momentum``, ``b1``, ``eps``, ...). In ``rmsprop`` both the smoothing and the
 learning-rate decay are called ``decay``; ask for them as ``"0/decay"`` (rho) and
 ``"1/decay"`` (the learning-rate decay).
 """

@@ -8,7 +8,8 @@ incoming update, ``u`` the outgoing one, ``t`` the count of updates already appl
     scale(s)                      u = s * g
     scale_by_learning_rate(lr)    u = -lr * g   (lr may be a schedule of t)
     scale_by_schedule(f)          u = f(t) * g
-    trace(decay)                  v = g + decay*v;  u = v   (nesterov: u = g + decay*v)
+    trace(decay)                  v = g + decay*v;  u = v   (nesterov: u = g + decay*v);
+                                  the state calls decay `momentum`
     scale_by_rss(c0, eps)         c = c + g^2;      u = g / sqrt(c + eps)   (0 where c = 0)
     scale_by_rms(decay, eps)      n = decay*n + (1-decay)*g^2;  u = g / sqrt(n + eps)
     scale_by_stddev(decay, eps)   also m = decay*m + (1-decay)*g;  u = g / sqrt(n - m^2 + eps)
@@ -32,7 +33,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.optim.base import (AT_LEAST_0, FRACTION, Array, Optimizer, PyTree, Transform,
-                               tmap, transform)
+                               tmap, transform, validate)
 from funcnn.optim.schedules import Schedule, as_schedule
 
 
@@ -121,7 +122,7 @@ class _Trace(Transform):
     nesterov: bool = False
 
     def rule(self, g, state, params):
-        d = state.hparams["decay"]
+        d = state.hparams["momentum"]
         v = tmap(lambda g, v: g + d * v, g, state.slots["trace"])
         u = tmap(lambda g, v: g + d * v, g, v) if self.nesterov else v
         return u, {"trace": v}
@@ -130,9 +131,12 @@ class _Trace(Transform):
 def trace(decay: float, nesterov: bool = False, accumulator_dtype: Any = None) -> Optimizer:
     """Momentum: ``v = g + decay * v``, ``u = v`` (Nesterov: ``u = g + decay * v``).
 
-    The buffer exists for every ``decay``, 0 included, so a sweep can vary it.
+    optax's keyword is ``decay``; the state names the value ``momentum``, the name
+    ``sgd`` takes and every sweep uses (and not NNFS's learning-rate ``decay``). The
+    buffer exists for every value, 0 included, so a sweep can vary it.
     """
-    return transform(_Trace(bool(nesterov)), {"decay": decay}, {"decay": FRACTION}, "trace",
+    validate({"decay": decay}, {"decay": FRACTION}, "trace")
+    return transform(_Trace(bool(nesterov)), {"momentum": decay}, {}, "trace",
                      {"trace": 0.0}, {"trace": accumulator_dtype})
 
 
