@@ -347,7 +347,7 @@ def _suspects(state: TrainState, penalty: Penalty | None) -> list[str]:
         v = np.asarray(jax.device_get(value), np.float64)
         if not np.all(np.isfinite(v)):
             found.append(f"the optimizer's {name} is {v}")
-        elif name.split("/")[-1].startswith("eps"):
+        elif name.split("/")[-1] == "eps":  # not eps_root, which is 0 by default
             if np.any(v == 0):
                 dt = jnp.result_type(value)
                 narrow = (f"; in {jnp.dtype(dt).name} any eps below "
