@@ -49,15 +49,11 @@ class Config:
                    "cache them)", hashed=False)
 
 
-def scale(images: np.ndarray) -> np.ndarray:
-    """The book's preprocessing: flatten, then map 0..255 to [-1, 1]."""
-    return (images.reshape(len(images), -1).astype(np.float32) - 127.5) / 127.5
-
-
 def run(r: experiment.Run) -> dict[str, float]:
     cfg = r.config
-    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist(cfg.data_dir)
-    x_train, x_test = scale(x_train), scale(x_test)
+    # The book's preprocessing: flatten, then map 0..255 to [-1, 1].
+    (x_train, y_train), (x_test, y_test) = data.load_fashion_mnist(
+        cfg.data_dir, flatten=True, scale="symmetric")
     y_train, y_test = y_train.astype(np.int32), y_test.astype(np.int32)
 
     model = nn.serial(nn.dense(cfg.hidden, init="nnfs"), nn.relu(),

@@ -1,6 +1,7 @@
 """The books' set-ups, reproduced exactly: data, weights, optimizers and networks.
 
-NNFS (chapters 10 and 19) and Nielsen's ``network3.py`` (chapter 6, the convolutional
+NNFS (chapters 10 and 19), Nielsen's costs and L2 term (``network.py`` and
+``network2.py``, chapters 1-3) and his ``network3.py`` (chapter 6, the convolutional
 networks). For NNFS:
 
 The book (Kinsley & Kukiela, *Neural Networks from Scratch in Python*) calls
@@ -20,11 +21,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import nn, optim, train
+from funcnn import losses, metrics, nn, optim, train
 from funcnn.data import spiral_data
 
 __all__ = ["spiral_setup", "CHAPTER10_OPTIMIZERS", "CHAPTER10_REFERENCE", "NETWORK3",
-           "NETWORK3_REFERENCE", "network3", "network3_penalty"]
+           "NETWORK3_REFERENCE", "network3", "network3_penalty", "nielsen_quadratic",
+           "nielsen_cross_entropy", "nielsen_l2"]
 
 
 def spiral_setup(hidden: int = 64, *, samples: int = 100, classes: int = 3,
@@ -58,6 +60,100 @@ CHAPTER10_REFERENCE: dict[str, tuple[float, float | None]] = {
     "sgd": (0.647, None), "sgd_momentum": (0.957, None), "adagrad": (0.840, None),
     "rmsprop": (0.900, None), "adam": (0.967, 0.074),
 }
+
+
+# --------------------------------------------------------------------------------------
+# Nielsen, chapters 1-3: the costs of network.py and network2.py, and his L2 term
+# --------------------------------------------------------------------------------------
+#
+# Nielsen writes a cost per training example x, C_x, summed over the K outputs, and
+# trains on the mini-batch mean C = (1/m) sum_x C_x with the step w <- w - eta dC/dw
+# (his eta/len(mini_batch) times a summed gradient). funcnn's mse and binary
+# cross-entropies average over all m*K elements instead (a factor K apart); the two
+# costs below are his, so his eta and lambda apply as he writes them. They equal
+# 0.5 * losses.mse.with_reduction("sum") and
+# losses.binary_cross_entropy.with_reduction("sum").
+#
+# His targets y are one-hot rows (vectorized_result), so the natural metric is the
+# argmax accuracy his evaluate() counts.
+
+def _nielsen_quadratic_value(a, y):
+    y = metrics.check_same("nielsen_quadratic", a, y)
+    per_example = 0.5 * jnp.sum(((a - y) ** 2).reshape(a.shape[0], -1), axis=1)
+    return losses.batch_mean(per_example)
+
+
+# C = (1/m) sum_x 0.5 ||a_x - y_x||^2, so dC/da_x = (a_x - y_x) / m. (Nielsen's
+# QuadraticCost.delta multiplies by sigmoid'(z): the next step back, which funcnn's
+# sigmoid layer takes.)
+def _nielsen_quadratic_grad(a, y):
+    return (a - jnp.asarray(y).astype(a.dtype)) / a.shape[0]
+
+
+nielsen_quadratic = losses.Loss("nielsen_quadratic", _nielsen_quadratic_value,
+                                _nielsen_quadratic_grad, metrics.accuracy)
+"""Nielsen's quadratic cost (``network.py``, chapter 1), mean over the mini-batch:
+``C = (1/m) sum_x 0.5 * ||y_x - a_x||^2`` on the output activations ``a`` (end the model
+with ``nn.sigmoid()``) and one-hot targets ``y``. Gradient ``(a - y) / m``."""
+
+
+def _clip_probs(a):
+    # a clipped to [CLIP, 1 - CLIP], slope 1 on the closed interval and 0 outside (the
+    # convention of losses.binary_cross_entropy, which jax.grad of this where follows).
+    lo, hi = losses.CLIP, 1 - losses.CLIP
+    return jnp.where(a < lo, lo, jnp.where(a > hi, hi, a)).astype(a.dtype)
+
+
+def _nielsen_ce_value(a, y):
+    name = "nielsen_cross_entropy"
+    y = metrics.check_same(name, a, y)
+    metrics.check_unit_interval(name, "target", y, "Nielsen's targets are one-hot rows")
+    metrics.check_unit_interval(name, "pred", a, f"{name} takes the sigmoid outputs a; for "
+                                "logits use losses.binary_cross_entropy_with_logits"
+                                ".with_reduction('sum')")
+    ac = _clip_probs(a)
+    per_element = -(y * jnp.log(ac) + (1 - y) * jnp.log(1 - ac))
+    return losses.batch_mean(jnp.sum(per_element.reshape(a.shape[0], -1), axis=1))
+
+
+# C = -(1/m) sum_x sum_j [y ln a + (1-y) ln(1-a)], so
+#   dC/da = -(y/a - (1-y)/(1-a)) / m, 0 where a is clipped.
+# Through the sigmoid (da/dz = a(1-a)) this becomes (a - y) / m: Nielsen's
+# CrossEntropyCost.delta, the reason he chose this cost (no sigmoid'(z) slowdown).
+def _nielsen_ce_grad(a, y):
+    y = jnp.asarray(y).astype(a.dtype)
+    ac = _clip_probs(a)
+    inside = (a >= losses.CLIP) & (a <= 1 - losses.CLIP)
+    return jnp.where(inside, -(y / ac - (1 - y) / (1 - ac)), 0) / a.shape[0]
+
+
+nielsen_cross_entropy = losses.Loss("nielsen_cross_entropy", _nielsen_ce_value,
+                                    _nielsen_ce_grad, metrics.accuracy)
+"""Nielsen's cross-entropy cost (``network2.py``, chapter 3), mean over the mini-batch:
+``C = -(1/m) sum_x sum_j [y_j ln a_j + (1 - y_j) ln(1 - a_j)]`` on the sigmoid outputs
+``a``, clipped to ``[1e-7, 1 - 1e-7]`` as ``losses.binary_cross_entropy`` (Nielsen's
+``np.nan_to_num`` plays that part). On logits ``z`` the same cost is
+``losses.binary_cross_entropy_with_logits.with_reduction("sum")``, computed stably, whose
+gradient ``(sigmoid(z) - y) / m`` is his ``delta``."""
+
+
+def nielsen_l2(params, lmbda: float, n: int) -> train.Penalty | None:
+    """Nielsen's L2 term ``(lambda / (2n)) * sum w^2``, as a :class:`funcnn.train.Penalty`.
+
+    ``n`` is the size of the whole training set (not the mini-batch), and only the
+    weights of the dense and conv layers are decayed, not the biases, as in
+    ``network2.py``: its gradient ``(lambda / n) w`` turns each step into his
+    ``w <- (1 - eta * lambda / n) w - eta * dC/dw``. Added to every mini-batch's mean
+    cost (:data:`nielsen_cross_entropy`, :data:`nielsen_quadratic`), his ``eta`` and
+    ``lambda`` then apply unchanged. ``None`` when ``lmbda`` is 0.
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0:
+        raise ValueError(f"nielsen_l2: n is the training-set size, a positive int; got {n!r}")
+    if not np.isfinite(lmbda) or lmbda < 0:
+        raise ValueError(f"nielsen_l2: lmbda must be finite and >= 0; got {lmbda!r}")
+    if not lmbda:
+        return None
+    return train.dense_penalty(params, weight_l2=lmbda / (2 * int(n)))
 
 
 # --------------------------------------------------------------------------------------

@@ -11,6 +11,22 @@ A loss of your own is ``Loss("name", value, grad, metric)``; a plain function wo
 too, under ``engine="mixed"`` or ``"jax"``. Penalties on the weights
 (:class:`Regularizer`: ``l1``, ``l2``) carry their value and gradient the same way.
 
+Reductions. The per-output losses (``mse``, ``mae``, ``huber_loss``, the two binary
+cross-entropies) are one function ``f(p, t)`` applied to every output of every example.
+For a batch of N examples with K outputs each they offer two reductions::
+
+    "mean" (default)  L = 1/(N K) sum_n sum_j f(p_nj, t_nj)   dL/dp_nj = f'(p_nj, t_nj) / (N K)
+    "sum"             L = 1/N     sum_n sum_j f(p_nj, t_nj)   dL/dp_nj = f'(p_nj, t_nj) / N
+
+``losses.mse.with_reduction("sum")`` gives the second: summed over the outputs of each
+example, averaged over the batch, the per-example cost ``C = 1/n sum_x C_x`` Nielsen
+writes. Both average over the batch, so a learning rate does not depend on the batch
+size; they differ by the factor K. (PyTorch's ``reduction='sum'`` sums over the batch
+too: it is N times this, and its gradients grow with the batch.) The classification
+losses on classes (``softmax_cross_entropy``, ``categorical_cross_entropy``) already sum
+over each example's classes and average over the batch, and have no other reduction.
+``Loss.elementwise(name, f, f_prime)`` makes a per-output loss of your own, with both.
+
 Numerical care:
   * ``softmax_cross_entropy`` works on logits through
     ``log_softmax(z) = z - logsumexp(z)`` with ``logsumexp(z) = m + log(sum(exp(z - m)))``,
@@ -35,11 +51,13 @@ inside ``jit``, its shape being known there.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn import metrics
 from funcnn.metrics import (Metric, check_distributions, check_pred, check_same,
@@ -49,12 +67,29 @@ from funcnn.nn import softmax_fn
 Array = jax.Array
 
 __all__ = [
-    "Loss", "Regularizer", "softmax_cross_entropy", "categorical_cross_entropy",
-    "binary_cross_entropy", "binary_cross_entropy_with_logits", "mse", "mae", "l1", "l2",
-    "log_softmax", "batch_mean", "CLIP", "LOSSES", "PENALTIES",
+    "Loss", "PerElement", "Regularizer", "softmax_cross_entropy", "categorical_cross_entropy",
+    "binary_cross_entropy", "binary_cross_entropy_with_logits", "mse", "mae", "huber_loss",
+    "l1", "l2", "log_softmax", "batch_mean", "CLIP", "REDUCTIONS", "LOSSES", "PENALTIES",
 ]
 
 CLIP = 1e-7  # NNFS clips probabilities to [CLIP, 1 - CLIP] before taking logs
+REDUCTIONS = ("mean", "sum")  # how a per-output loss reduces its elements (module docstring)
+
+
+@dataclasses.dataclass(frozen=True)
+class PerElement:
+    """A per-output loss written elementwise, from which either reduction is built.
+
+    Attributes:
+      fn: ``f(p, t)``, the loss of each element (``t`` already in ``p``'s dtype).
+      dfn: ``f'(p, t) = df/dp``, elementwise, derived by hand.
+      check: ``(name, pred, target) -> target`` in ``pred``'s dtype; raises on shapes or
+        values outside the loss's domain (run by the value, as every loss does).
+    """
+
+    fn: Callable[[Array, Array], Array]
+    dfn: Callable[[Array, Array], Array]
+    check: Callable[[str, Array, Array], Array]
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -70,6 +105,11 @@ class Loss:
       targets: ``"classes"`` when targets are class indices (or one-hot rows), so
         ``fit`` checks them against the model's outputs; ``"same"`` when they have the
         predictions' shape.
+      reduction: for a per-output loss, ``"mean"`` or ``"sum"`` (module docstring);
+        ``None`` for a loss without that choice.
+      per_element: for a per-output loss, the elementwise pieces
+        (:class:`PerElement`) that :meth:`with_reduction` builds the other reduction
+        from; ``None`` otherwise.
 
     Calling a loss gives its value, so ``jax.grad(loss)`` works on it as on a function.
     """
@@ -79,6 +119,8 @@ class Loss:
     grad: Callable[[Array, Array], Array] | None = None
     metric: Metric | None = None
     targets: str = "same"
+    reduction: str | None = None
+    per_element: PerElement | None = dataclasses.field(default=None, repr=False)
 
     def __post_init__(self):
         if not callable(self.value):
@@ -90,11 +132,70 @@ class Loss:
         if self.targets not in ("classes", "same"):
             raise ValueError(f"Loss {self.name!r}: targets must be 'classes' or 'same'; got "
                              f"{self.targets!r}")
+        if self.reduction is not None and self.reduction not in REDUCTIONS:
+            raise ValueError(f"Loss {self.name!r}: reduction must be one of {REDUCTIONS} or "
+                             f"None; got {self.reduction!r}")
+        if self.per_element is not None and not isinstance(self.per_element, PerElement):
+            raise TypeError(f"Loss {self.name!r}: per_element must be a losses.PerElement "
+                            "or None")
 
     def __call__(self, pred: Array, target: Array) -> Array:
         return self.value(pred, target)
 
+    @classmethod
+    def elementwise(cls, name: str, fn: Callable[[Array, Array], Array],
+                    derivative: Callable[[Array, Array], Array], metric: Metric | None = None,
+                    *, check: Callable[[str, Array, Array], Array] = check_same,
+                    reduction: str = "mean") -> Loss:
+        """A per-output loss from one elementwise function, as ``nn.elementwise`` makes a
+        layer: ``fn(p, t)`` the loss of each element, ``derivative(p, t) = df/dp`` its
+        hand derivative (elementwise; ``t`` arrives in ``p``'s dtype), ``check`` the
+        input checks (default: same shapes, finite values). Value and gradient follow
+        for either reduction (module docstring)::
+
+            log_cosh = losses.Loss.elementwise(
+                "log_cosh", lambda p, t: jnp.log(jnp.cosh(p - t)),
+                lambda p, t: jnp.tanh(p - t), metrics.mae)
+        """
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"Loss.elementwise({name!r}): reduction must be one of "
+                             f"{REDUCTIONS}; got {reduction!r}")
+        for what, f in (("fn", fn), ("derivative", derivative), ("check", check)):
+            if not callable(f):
+                raise TypeError(f"Loss.elementwise({name!r}): {what} must be a function; "
+                                f"got {f!r}")
+        return _per_output(name, PerElement(fn, derivative, check), metric, reduction)
+
+    def with_reduction(self, reduction: str) -> Loss:
+        """This loss with another reduction: ``"mean"`` over every element (the default)
+        or ``"sum"`` over each example's outputs, then the mean over the batch::
+
+            losses.mse.with_reduction("sum")    # 1/N sum_n ||p_n - t_n||^2
+
+        Value, hand gradient and metric follow (the module docstring derives both
+        gradients). The same call returns the same object, so ``jit`` reuses its
+        compiled code. Only per-output losses (``reduction`` not ``None``) have the choice.
+        """
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"{self.name}.with_reduction: reduction must be one of "
+                             f"{REDUCTIONS}; got {reduction!r}")
+        if self.reduction is None or self.per_element is None:
+            if self.targets == "classes":
+                why = ("it already sums over the classes of each example (one "
+                       "cross-entropy per example) and averages over the batch, which is "
+                       "what reduction='sum' gives the per-output losses")
+            else:
+                why = ("it was not built from an elementwise function; build it with "
+                       "losses.Loss.elementwise(name, f, f_prime) to have both reductions")
+            raise ValueError(f"{self.name}.with_reduction: {self.name} has no reduction to "
+                             f"choose: {why}")
+        if reduction == self.reduction:
+            return self
+        return _per_output(self.name, self.per_element, self.metric, reduction)
+
     def __repr__(self) -> str:
+        if self.reduction == "sum":
+            return f"Loss({self.name!r}, reduction='sum')"
         return f"Loss({self.name!r})"
 
 
@@ -147,6 +248,41 @@ def _clip(p: Array) -> Array:
 def _clip_mask(p: Array) -> Array:
     # The slope of _clip: 1 inside [CLIP, 1 - CLIP] (boundary included), 0 outside.
     return (p >= CLIP) & (p <= 1 - CLIP)
+
+
+# --------------------------------------------------------------------------------------
+# Per-output losses: one elementwise f(p, t), reduced over the batch and the outputs
+# --------------------------------------------------------------------------------------
+#
+# With N examples (the first axis) and K outputs each (the other axes, flattened):
+#   "mean": L = 1/(N K) sum_nj f(p_nj, t_nj), so dL/dp_nj = f'(p_nj, t_nj) / (N K)
+#   "sum":  L = 1/N     sum_nj f(p_nj, t_nj), so dL/dp_nj = f'(p_nj, t_nj) / N
+# (each element appears in exactly one term of the sum, so its derivative is its own
+# f' times the constant in front). "sum" adds each example's K terms first and then
+# takes batch_mean of the N per-example costs.
+
+@functools.cache
+def _per_output(name: str, per_element: PerElement, metric: Metric, reduction: str) -> Loss:
+    """The Loss ``name`` built from ``per_element`` with ``reduction`` (cached: the same
+    arguments give the same object)."""
+    f, df, check = per_element.fn, per_element.dfn, per_element.check
+
+    if reduction == "mean":
+        def value(pred, target):
+            return jnp.mean(f(pred, check(name, pred, target)))
+
+        def grad(p, t):
+            return df(p, jnp.asarray(t).astype(p.dtype)) / p.size
+    else:
+        def value(pred, target):
+            per_example = f(pred, check(name, pred, target)).reshape(pred.shape[0], -1)
+            return batch_mean(jnp.sum(per_example, axis=1))
+
+        def grad(p, t):
+            return df(p, jnp.asarray(t).astype(p.dtype)) / p.shape[0]
+
+    value.__name__ = grad.__name__ = f"{name}_{reduction}"
+    return Loss(name, value, grad, metric, "same", reduction, per_element)
 
 
 # --------------------------------------------------------------------------------------
@@ -205,81 +341,129 @@ def _check_binary_targets(name: str, targets: Array) -> None:
                         "probabilities in between)")
 
 
-def _bce_value(probs, targets):
-    t = check_same("binary_cross_entropy", probs, targets)
-    _check_binary_targets("binary_cross_entropy", targets)
-    check_unit_interval("binary_cross_entropy", "pred", probs, "binary_cross_entropy "
-                        "takes probabilities (a sigmoid's output); these look like "
-                        "logits: use losses.binary_cross_entropy_with_logits on them")
-    p = _clip(probs)
-    return -jnp.mean(t * jnp.log(p) + (1 - t) * jnp.log(1 - p))
+def _bce_check(name, probs, targets):
+    t = check_same(name, probs, targets)
+    _check_binary_targets(name, targets)
+    check_unit_interval(name, "pred", probs, f"{name} takes probabilities (a sigmoid's "
+                        "output); these look like logits: use "
+                        "losses.binary_cross_entropy_with_logits on them")
+    return t
 
 
-# L = -mean(t log p + (1-t) log(1-p)): dL/dp = -(t/p - (1-t)/(1-p)) / size, 0 where
-# p is clipped.
-def _bce_grad(p, t):
-    t = t.astype(p.dtype)
+def _bce(p, t):
     pc = _clip(p)
-    return jnp.where(_clip_mask(p), -(t / pc - (1 - t) / (1 - pc)) / p.size, 0)
+    return -(t * jnp.log(pc) + (1 - t) * jnp.log(1 - pc))
 
 
-binary_cross_entropy = Loss("binary_cross_entropy", _bce_value, _bce_grad,
-                            metrics.binary_accuracy)
+# f = -(t log p + (1-t) log(1-p)): f' = -(t/p - (1-t)/(1-p)), 0 where p is clipped.
+def _bce_prime(p, t):
+    pc = _clip(p)
+    return jnp.where(_clip_mask(p), -(t / pc - (1 - t) / (1 - pc)), 0)
+
+
+binary_cross_entropy = _per_output("binary_cross_entropy", PerElement(_bce, _bce_prime,
+                                   _bce_check), metrics.binary_accuracy, "mean")
 """Binary cross-entropy on probabilities (a sigmoid's output), clipped as NNFS:
 ``L = -mean(t log p + (1 - t) log(1 - p))`` over all elements, ``p`` clipped to
-``[1e-7, 1 - 1e-7]``."""
+``[1e-7, 1 - 1e-7]``. ``.with_reduction("sum")`` sums over each example's outputs:
+Nielsen's cross-entropy cost ``C_x = -sum_j [y_j ln a_j + (1-y_j) ln(1-a_j)]``."""
 
 
-def _bce_logits_value(logits, targets):
-    t = check_same("binary_cross_entropy_with_logits", logits, targets)
-    _check_binary_targets("binary_cross_entropy_with_logits", targets)
-    return jnp.mean(jnp.logaddexp(0.0, logits) - logits * t)
+def _bce_logits_check(name, logits, targets):
+    t = check_same(name, logits, targets)
+    _check_binary_targets(name, targets)
+    return t
+
+
+def _bce_logits(z, t):
+    return jnp.logaddexp(0.0, z) - z * t
 
 
 # With p = sigmoid(z), dp/dz = p(1-p) cancels the denominators of the rule above:
-#   dL/dz = (sigmoid(z) - t) / size.
-def _bce_logits_grad(z, t):
-    return (jax.nn.sigmoid(z) - t.astype(z.dtype)) / z.size
+#   f'(z) = sigmoid(z) - t.
+def _bce_logits_prime(z, t):
+    return jax.nn.sigmoid(z) - t
 
 
-binary_cross_entropy_with_logits = Loss(
-    "binary_cross_entropy_with_logits", _bce_logits_value, _bce_logits_grad,
-    metrics.binary_accuracy_logits)
+binary_cross_entropy_with_logits = _per_output(
+    "binary_cross_entropy_with_logits",
+    PerElement(_bce_logits, _bce_logits_prime, _bce_logits_check),
+    metrics.binary_accuracy_logits, "mean")
 """Binary cross-entropy of ``sigmoid(logits)``, computed stably from the logits:
 ``-[t log s(z) + (1-t) log(1-s(z))] = log(1 + e^z) - z t``, where
-``log(1 + e^z) = logaddexp(0, z)`` never overflows."""
+``log(1 + e^z) = logaddexp(0, z)`` never overflows. Mean over all elements;
+``.with_reduction("sum")`` for the sum over each example's outputs."""
 
 
 # --------------------------------------------------------------------------------------
 # Regression losses
 # --------------------------------------------------------------------------------------
 
-def _mse_value(pred, target):
-    t = check_same("mse", pred, target)
-    return jnp.mean((pred - t) ** 2)
+def _mse(p, t):
+    return (p - t) ** 2
 
 
-# L = mean((p - t)^2): dL/dp = 2 (p - t) / size.
-def _mse_grad(p, t):
-    return 2 * (p - t.astype(p.dtype)) / p.size
+# f = (p - t)^2: f' = 2 (p - t).
+def _mse_prime(p, t):
+    return 2 * (p - t)
 
 
-mse = Loss("mse", _mse_value, _mse_grad, metrics.mae)
-"""Mean squared error, ``mean((pred - target)^2)`` over all elements."""
+mse = _per_output("mse", PerElement(_mse, _mse_prime, check_same), metrics.mae, "mean")
+"""Mean squared error, ``mean((pred - target)^2)`` over all elements;
+``.with_reduction("sum")``: ``1/N sum_n ||pred_n - target_n||^2``."""
 
 
-def _mae_value(pred, target):
-    t = check_same("mae", pred, target)
-    return jnp.mean(jnp.abs(pred - t))
+def _mae(p, t):
+    return jnp.abs(p - t)
 
 
-# L = mean(|p - t|): dL/dp = sign(p - t) / size, taking +1 at p = t (as jax.grad of abs).
-def _mae_grad(p, t):
-    return jnp.where(p >= t.astype(p.dtype), 1, -1).astype(p.dtype) / p.size
+# f = |p - t|: f' = sign(p - t), taking +1 at p = t (as jax.grad of abs).
+def _mae_prime(p, t):
+    return jnp.where(p >= t, 1, -1).astype(p.dtype)
 
 
-mae = Loss("mae", _mae_value, _mae_grad, metrics.mae)
-"""Mean absolute error, ``mean(|pred - target|)`` over all elements."""
+mae = _per_output("mae", PerElement(_mae, _mae_prime, check_same), metrics.mae, "mean")
+"""Mean absolute error, ``mean(|pred - target|)`` over all elements;
+``.with_reduction("sum")``: ``1/N sum_n ||pred_n - target_n||_1``."""
+
+
+@functools.cache
+def _huber(delta: float) -> PerElement:
+    # e = p - t. f = e^2 / 2 for |e| <= delta, delta (|e| - delta/2) beyond: the two
+    # pieces meet at |e| = delta with equal value (delta^2 / 2) and equal slope, so
+    #   f' = e for |e| <= delta, delta sign(e) beyond = clip(e, -delta, delta),
+    # continuous at the kink (only f'' jumps there, from 1 to 0).
+    def fn(p, t):
+        e = p - t
+        a = jnp.abs(e)
+        return jnp.where(a <= delta, 0.5 * e * e, delta * (a - 0.5 * delta))
+
+    def dfn(p, t):
+        return jnp.clip(p - t, -delta, delta)
+
+    return PerElement(fn, dfn, check_same)
+
+
+def huber_loss(delta: float = 1.0) -> Loss:
+    """The Huber loss (optax's ``huber_loss``, PyTorch's ``HuberLoss``): quadratic for
+    small errors, linear for large ones, so outliers pull with a bounded force.
+
+    With ``e = pred - target`` elementwise::
+
+        f(e) = e^2 / 2                    for |e| <= delta
+               delta * (|e| - delta / 2)  otherwise
+        f'(e) = clip(e, -delta, delta)
+
+    then the mean over every element (``.with_reduction("sum")``: summed over each
+    example's outputs, mean over the batch). The same ``delta`` gives the same object.
+
+    Args:
+      delta: where the quadratic turns linear (> 0). Its gradient never exceeds it.
+    """
+    if isinstance(delta, bool) or not isinstance(delta, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(delta) or delta <= 0:
+        raise ValueError(f"huber_loss: delta must be a finite number > 0; got {delta!r}")
+    return _per_output("huber_loss", _huber(float(delta)), metrics.mae, "mean")
 
 
 # --------------------------------------------------------------------------------------
@@ -321,5 +505,6 @@ LOSSES = {
     "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
     "mse": mse,
     "mae": mae,
+    "huber_loss": huber_loss(),
 }
 PENALTIES = {"l1": l1, "l2": l2}

@@ -264,15 +264,55 @@ def _missing(dataset: DatasetSpec, folder: Path, missing: list[IdxFile], why: st
     return FileNotFoundError("\n".join(lines))
 
 
+# scale= names -> (what it gives, how). The expressions are the books' own, so a script
+# that used to write them gets the same float32 values, bit for bit.
+SCALES = {
+    "unit": "float32 in [0, 1]: x / 255 (Nielsen, and most examples)",
+    "symmetric": "float32 in [-1, 1]: (x - 127.5) / 127.5 (NNFS chapter 19)",
+}
+
+
+def _check_image_options(flatten: bool, scale: bool | str | None, where: str) -> str | None:
+    """Validates ``flatten`` and ``scale``; returns the scale's name (or ``None``)."""
+    if not isinstance(flatten, (bool, np.bool_)):
+        raise TypeError(f"{where}: flatten must be True or False; got {flatten!r}")
+    if scale is True:
+        return "unit"
+    if scale is None or scale is False:
+        return None
+    if not isinstance(scale, str) or scale not in SCALES:
+        raise ValueError(f"{where}: scale must be None (uint8 as stored), True or 'unit' "
+                         f"([0, 1]) or 'symmetric' ([-1, 1]); got {scale!r}")
+    return scale
+
+
+def prepare_images(images: np.ndarray, *, flatten: bool = False,
+                   scale: bool | str | None = None) -> np.ndarray:
+    """Images as a model takes them: ``flatten`` to ``(N, H*W)`` rows (for ``nn.dense``)
+    and ``scale`` the 0..255 pixels to float32 (see :data:`SCALES`): ``"unit"`` (or
+    ``True``) gives ``x / 255`` in [0, 1], ``"symmetric"`` gives ``(x - 127.5) / 127.5``
+    in [-1, 1]. With neither, the array comes back unchanged (uint8)."""
+    mode = _check_image_options(flatten, scale, "prepare_images")
+    x = images.reshape(len(images), -1) if flatten else images
+    if mode == "unit":
+        return x.astype(np.float32) / 255.0
+    if mode == "symmetric":
+        return (x.astype(np.float32) - 127.5) / 127.5
+    return x
+
+
 def load_idx_dataset(dataset: DatasetSpec, data_dir: str | os.PathLike | None = None, *,
                      cache_dir: str | os.PathLike | None = None, download: bool = True,
-                     timeout: float = 60.0, verbose: bool = True) -> Arrays:
+                     timeout: float = 60.0, verbose: bool = True, flatten: bool = False,
+                     scale: bool | str | None = None) -> Arrays:
     """Load the four verified files of ``dataset``: ``(x_train, y_train), (x_test, y_test)``.
 
     See the module docstring for where files are looked for. ``download=False``
     never touches the network; ``timeout`` is per connection, in seconds;
-    ``verbose`` prints one line to stderr per download.
+    ``verbose`` prints one line to stderr per download. ``flatten`` and ``scale``
+    prepare the images (:func:`prepare_images`); labels stay as stored.
     """
+    _check_image_options(flatten, scale, f"load {dataset.name}")
     if data_dir is not None:
         folder, download = Path(data_dir).expanduser(), False
         why = ("funcnn only reads data_dir, never downloads into it; leave data_dir out "
@@ -300,25 +340,38 @@ def load_idx_dataset(dataset: DatasetSpec, data_dir: str | os.PathLike | None = 
     if missing:
         raise _missing(dataset, folder, missing, why, errors)
     x_train, y_train, x_test, y_test = arrays
+    x_train, x_test = (prepare_images(x, flatten=flatten, scale=scale) for x in (x_train, x_test))
     return (x_train, y_train), (x_test, y_test)
 
 
 def load_mnist(data_dir: str | os.PathLike | None = None, *,
-               cache_dir: str | os.PathLike | None = None, download: bool = True) -> Arrays:
+               cache_dir: str | os.PathLike | None = None, download: bool = True,
+               flatten: bool = False, scale: bool | str | None = None) -> Arrays:
     """MNIST handwritten digits: ``(x_train, y_train), (x_test, y_test)``.
 
-    Images are uint8 of shape (60000, 28, 28) and (10000, 28, 28), labels uint8
-    digits 0-9 of shape (60000,) and (10000,). See :func:`load_idx_dataset`.
+    By default images are uint8 of shape (60000, 28, 28) and (10000, 28, 28), as
+    stored; labels uint8 digits 0-9 of shape (60000,) and (10000,).
+    ``flatten=True`` gives rows of 784 pixels (``nn.dense`` input);
+    ``scale="unit"`` (or ``True``) float32 pixels ``x / 255`` in [0, 1],
+    ``scale="symmetric"`` ``(x - 127.5) / 127.5`` in [-1, 1]::
+
+        (x, y), (x_test, y_test) = data.load_mnist(flatten=True, scale="unit")  # (60000, 784)
+
+    See :func:`load_idx_dataset` for where the files come from.
     """
-    return load_idx_dataset(MNIST, data_dir, cache_dir=cache_dir, download=download)
+    return load_idx_dataset(MNIST, data_dir, cache_dir=cache_dir, download=download,
+                            flatten=flatten, scale=scale)
 
 
 def load_fashion_mnist(data_dir: str | os.PathLike | None = None, *,
                        cache_dir: str | os.PathLike | None = None,
-                       download: bool = True) -> Arrays:
+                       download: bool = True, flatten: bool = False,
+                       scale: bool | str | None = None) -> Arrays:
     """Fashion-MNIST clothing images: ``(x_train, y_train), (x_test, y_test)``.
 
-    Same shapes and dtypes as :func:`load_mnist`; labels 0-9 are T-shirt/top,
-    trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot.
+    Same shapes, dtypes and ``flatten`` / ``scale`` options as :func:`load_mnist`;
+    labels 0-9 are T-shirt/top, trouser, pullover, dress, coat, sandal, shirt,
+    sneaker, bag, ankle boot.
     """
-    return load_idx_dataset(FASHION_MNIST, data_dir, cache_dir=cache_dir, download=download)
+    return load_idx_dataset(FASHION_MNIST, data_dir, cache_dir=cache_dir, download=download,
+                            flatten=flatten, scale=scale)

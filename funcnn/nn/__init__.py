@@ -25,7 +25,7 @@ from funcnn.nn.activations import (elementwise, identity, leaky_relu, relu, sigm
                                    softmax_fn, tanh)
 from funcnn.nn.combinators import residual, serial
 from funcnn.nn.conv import Conv, conv2d
-from funcnn.nn.dense import Dense, dense, initializers
+from funcnn.nn.dense import Dense, bias_initializers, dense, initializers
 from funcnn.nn.dropout import dropout, dropout_mask
 from funcnn.nn.layer import (ApplyFn, BackwardFn, ForwardFn, InitFn, Layer, NoParams, Run,
                              StatsFn, check_batch, check_params, layer_keys)
@@ -39,9 +39,40 @@ __all__ = [
     "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
     "serial", "residual", "dense", "conv2d", "max_pool", "avg_pool", "layer_norm",
     "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity", "dropout", "flatten",
-    "elementwise", "summary", "initializers", "dropout_mask", "softmax_fn", "check_batch", "check_params",
-    "layer_keys", "LAYERS",
+    "elementwise", "summary", "initializers", "bias_initializers", "dropout_mask",
+    "softmax_fn", "check_batch", "check_params", "layer_keys", "LAYERS",
 ]
+
+# Layer names of stax, Flax, Equinox and PyTorch that funcnn spells otherwise, with its
+# spelling: nn.Sequential(...) says to write nn.serial(...). (nn.Dense, nn.Conv and
+# nn.LayerNorm exist: they are parameters, and say so when called as layers.)
+OTHER_NAMES: dict[str, str] = {
+    "Sequential": "nn.serial(layer, layer, ...)",
+    "Linear": "nn.dense(out_features) (the input size comes from init's input_shape)",
+    "MLP": "nn.serial(nn.dense(width), nn.relu(), ..., nn.dense(out))",
+    "Conv2d": "nn.conv2d(features, kernel_size, stride, padding)",
+    "Relu": "nn.relu()", "ReLU": "nn.relu()", "LeakyReLU": "nn.leaky_relu(negative_slope)",
+    "Sigmoid": "nn.sigmoid()", "Tanh": "nn.tanh()", "Softmax": "nn.softmax()",
+    "LogSoftmax": ("logits and losses.softmax_cross_entropy (which takes log_softmax "
+                   "itself); losses.log_softmax is the function"),
+    "Identity": "nn.identity()", "Flatten": "nn.flatten()",
+    "Dropout": ("nn.dropout(rate), rate being the probability of DROPPING (stax's "
+                "Dropout(rate) keeps with probability rate)"),
+    "MaxPool": "nn.max_pool(window, stride)", "MaxPool2d": "nn.max_pool(window, stride)",
+    "AvgPool": "nn.avg_pool(window, stride)", "AvgPool2d": "nn.avg_pool(window, stride)",
+    "BatchNorm": "nn.layer_norm() (funcnn has no batch norm)",
+    "FanOut": "nn.residual(block) for y = x + block(x) (funcnn has no FanOut/FanInSum)",
+    "FanInSum": "nn.residual(block) for y = x + block(x) (funcnn has no FanOut/FanInSum)",
+    "parallel": "nn.residual(block) for y = x + block(x) (funcnn has no parallel)",
+}
+
+
+def __getattr__(name: str):
+    if name in OTHER_NAMES:
+        raise AttributeError(f"module 'funcnn.nn' has no attribute {name!r}; funcnn's "
+                             f"spelling is {OTHER_NAMES[name]}")
+    raise AttributeError(f"module 'funcnn.nn' has no attribute {name!r}")
+
 
 # Every public layer constructor, with arguments for a small instance. The registry test
 # in tests/test_backprop.py runs backprop.check on each.

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import jax
 
-from funcnn.nn.layer import Layer, layer_keys
+from funcnn.nn.layer import Layer, layer_keys, not_a_layer_hint
 
 Array = jax.Array
 
@@ -25,8 +25,8 @@ def serial(*layers: Layer) -> Layer:
         raise ValueError("serial: needs at least one layer")
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
-            raise TypeError(f"serial: argument {i} is {layer!r}, not a layer; did you "
-                            "write nn.relu instead of nn.relu()?")
+            raise TypeError(f"serial: argument {i} is {layer!r}, not a layer; "
+                            f"{not_a_layer_hint(layer)}")
     n = len(layers)
 
     def init_fn(key, in_shape, dtype):

@@ -55,7 +55,7 @@ import numpy as np
 from jax import lax
 
 from funcnn.nn.dense import check_bias_init, make_bias, resolve_init
-from funcnn.nn.layer import Layer
+from funcnn.nn.layer import Layer, explain_params_call
 
 Array = jax.Array
 Padding = str | int | Sequence[tuple[int, int]]
@@ -75,6 +75,7 @@ class Conv:
 
 
 jax.tree_util.register_dataclass(Conv, data_fields=["w", "b"], meta_fields=[])
+explain_params_call(Conv, "nn.conv2d({}, kernel_size, stride, padding)")  # Flax's nn.Conv
 
 
 def pair(value: int | Sequence[int], what: str, name: str, *, minimum: int = 1
@@ -201,8 +202,9 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
         ``ceil(H / s)``), an int, or ``((top, bottom), (left, right))``.
       init: kernel initializer, one of :data:`funcnn.nn.initializers` (fans count the
         kernel's taps: ``fan_in = kh * kw * C_in``) or ``(key, shape, dtype) -> w``.
-      bias_init: a constant (default 0), ``"normal"`` (N(0, 1), as Nielsen), or a
-        function ``(key, (features,), dtype) -> b``.
+      bias_init: a constant (default 0), ``"normal"`` (N(0, 1), as Nielsen),
+        ``"uniform_fan_in"`` (``U(+-1/sqrt(kh * kw * C_in))``, PyTorch's and Equinox's
+        bias), or a function ``(key, (features,), dtype) -> b``.
 
     The module docstring derives the backward rule.
     """
@@ -223,7 +225,9 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
         _, (ho, wo) = geometry(h, w)
         kw_, kb = jax.random.split(key)
         kernel = jnp.asarray(w_init(kw_, window + (c, features), dtype), dtype)
-        return (ho, wo, features), Conv(kernel, make_bias(bias_init, kb, features, dtype))
+        fan_in = window[0] * window[1] * c
+        return (ho, wo, features), Conv(kernel, make_bias(bias_init, kb, features, dtype,
+                                                          fan_in))
 
     def apply_fn(params, x, key, train):
         _check_batch(name, x, params.w.shape[2])

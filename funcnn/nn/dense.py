@@ -8,6 +8,7 @@ map, transposed.)
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections.abc import Callable
 
@@ -15,11 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.nn.layer import Layer, check_batch
+from funcnn.nn.layer import Layer, check_batch, explain_params_call
 
 Array = jax.Array
 
-__all__ = ["Dense", "dense", "initializers", "resolve_init", "check_bias_init", "make_bias", "fans"]
+__all__ = ["Dense", "dense", "initializers", "bias_initializers", "resolve_init",
+           "check_bias_init", "make_bias", "fans"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,7 @@ class Dense:
 
 
 jax.tree_util.register_dataclass(Dense, data_fields=["w", "b"], meta_fields=[])
+explain_params_call(Dense, "nn.dense({})")   # nn.Dense(64), as in Flax and stax: a hint
 
 
 # Initializers: (key, shape, dtype) -> weights, for a dense (n_in, n_out) or a conv
@@ -47,8 +50,15 @@ def fans(shape: tuple[int, ...]) -> tuple[int, int]:
 
 
 def _nnfs(key, shape, dtype):
-    """NNFS book: ``0.01 * N(0, 1)``."""
+    """NNFS book: ``0.01 * N(0, 1)``, its ``Layer_Dense``'s ``0.01 * np.random.randn``."""
     return 0.01 * jax.random.normal(key, shape, dtype)
+
+
+def _nnfs_0_1(key, shape, dtype):
+    """``0.1 * N(0, 1)``: the ``0.10 * np.random.randn`` of the NNFS video series'
+    ``Layer_Dense`` (``nnfs_video_tutorial_code``, parts 4 and 5), ten times the book's
+    ``"nnfs"``, for code written at that scale."""
+    return 0.1 * jax.random.normal(key, shape, dtype)
 
 
 def _nielsen_large(key, shape, dtype):
@@ -67,14 +77,59 @@ def _glorot(key, shape, dtype):
     return jax.random.uniform(key, shape, dtype, -a, a)
 
 
+# The standard deviation of N(0, 1) truncated to [-2, 2]; dividing by it restores the
+# variance that the truncation removes.
+_TRUNCATED_STD = 0.87962566103423978
+
+
+def _glorot_normal(key, shape, dtype):
+    """Glorot/Xavier normal with variance ``2 / (n_in + n_out)``, drawn as
+    ``jax.nn.initializers.glorot_normal`` (stax's ``Dense`` default) draws it: N(0, 1)
+    truncated to [-2, 2], times ``sqrt(2 / (n_in + n_out)) / 0.8796`` (the truncated
+    normal's standard deviation). PyTorch's ``xavier_normal_`` does not truncate."""
+    std = math.sqrt(2.0 / sum(fans(shape))) / _TRUNCATED_STD
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std
+
+
+def _uniform_fan_in(key, shape, dtype):
+    """PyTorch's ``nn.Linear`` / ``nn.Conv2d`` and Equinox's ``nn.Linear`` / ``nn.Conv``
+    default: ``U(-1/sqrt(n_in), 1/sqrt(n_in))``, variance ``1 / (3 n_in)``. (PyTorch
+    writes it as ``kaiming_uniform_(a=sqrt(5))``: bound ``sqrt(2 / (1 + 5)) *
+    sqrt(3 / n_in) = 1 / sqrt(n_in)``.) Pair it with ``bias_init="uniform_fan_in"``."""
+    a = 1.0 / math.sqrt(fans(shape)[0])
+    return jax.random.uniform(key, shape, dtype, -a, a)
+
+
 def _he(key, shape, dtype):
     """He/Kaiming normal for ReLU nets: ``N(0, 2/n_in)``."""
     return jax.random.normal(key, shape, dtype) * math.sqrt(2.0 / fans(shape)[0])
 
 
 initializers: dict[str, Callable] = {
-    "nnfs": _nnfs, "nielsen_large": _nielsen_large, "nielsen": _nielsen,
-    "glorot": _glorot, "he": _he,
+    "nnfs": _nnfs, "nnfs_0.1": _nnfs_0_1, "nielsen_large": _nielsen_large,
+    "nielsen": _nielsen, "glorot": _glorot, "glorot_normal": _glorot_normal, "he": _he,
+    "uniform_fan_in": _uniform_fan_in,
+}
+
+
+# Bias initializers by name: (key, shape, dtype, fan_in) -> biases. They see the
+# layer's fan-in (n_in, or kh * kw * C_in for a convolution), which PyTorch's and
+# Equinox's default bias needs.
+
+def _bias_normal(key, shape, dtype, fan_in):
+    """``N(0, 1)``, as Nielsen's networks draw their biases."""
+    return jax.random.normal(key, shape, dtype)
+
+
+def _bias_uniform_fan_in(key, shape, dtype, fan_in):
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's ``nn.Linear`` / ``nn.Conv2d`` and
+    Equinox's ``nn.Linear`` / ``nn.Conv`` bias."""
+    a = 1.0 / math.sqrt(fan_in)
+    return jax.random.uniform(key, shape, dtype, -a, a)
+
+
+bias_initializers: dict[str, Callable] = {
+    "normal": _bias_normal, "uniform_fan_in": _bias_uniform_fan_in,
 }
 
 
@@ -92,21 +147,36 @@ def resolve_init(init: str | Callable, where: str) -> Callable:
 
 
 def check_bias_init(bias_init: float | str | Callable, where: str) -> None:
-    """``bias_init`` must be a number, ``"normal"`` or a function."""
-    if callable(bias_init) or bias_init == "normal":
+    """``bias_init`` must be a number, a name in :data:`bias_initializers` or a function."""
+    if callable(bias_init) or (isinstance(bias_init, str) and bias_init in bias_initializers):
         return
-    if isinstance(bias_init, (bool, str)) or not isinstance(bias_init, (int, float, np.number)) \
+    if isinstance(bias_init, bool) or not isinstance(bias_init, (int, float, np.number)) \
             or not np.isfinite(bias_init):
-        raise TypeError(f"{where}: bias_init must be a finite number, 'normal' or a function "
-                        f"(key, shape, dtype) -> biases; got {bias_init!r}")
+        raise TypeError(f"{where}: bias_init must be a finite number, one of "
+                        f"{sorted(bias_initializers)} or a function (key, shape, dtype) -> "
+                        f"biases; got {bias_init!r}")
 
 
-def make_bias(bias_init: float | str | Callable, key: jax.Array, n: int, dtype) -> jax.Array:
-    """``n`` biases from ``bias_init``: a constant, ``"normal"`` (N(0, 1)) or a function."""
+def _takes_fan_in(fn: Callable) -> bool:
+    try:
+        return "fan_in" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a builtin without a signature
+        return False
+
+
+def make_bias(bias_init: float | str | Callable, key: jax.Array, n: int, dtype,
+              fan_in: int | None = None) -> jax.Array:
+    """``n`` biases from ``bias_init``: a constant, a name in :data:`bias_initializers`
+    (``"normal"``: N(0, 1); ``"uniform_fan_in"``: U(+-1/sqrt(fan_in))) or a function
+    ``(key, (n,), dtype) -> b``, which gets ``fan_in=`` too when it has a parameter of
+    that name. ``fan_in`` is the layer's (``n_in``, or ``kh * kw * C_in``)."""
     if callable(bias_init):
-        return jnp.asarray(bias_init(key, (n,), dtype), dtype)
-    if bias_init == "normal":
-        return jax.random.normal(key, (n,), dtype)
+        extra = {"fan_in": fan_in} if _takes_fan_in(bias_init) else {}
+        return jnp.asarray(bias_init(key, (n,), dtype, **extra), dtype)
+    if isinstance(bias_init, str):
+        if fan_in is None and bias_init == "uniform_fan_in":
+            raise ValueError("make_bias: bias_init='uniform_fan_in' needs the layer's fan_in")
+        return jnp.asarray(bias_initializers[bias_init](key, (n,), dtype, fan_in), dtype)
     return jnp.full((n,), bias_init, dtype)
 
 
@@ -116,11 +186,20 @@ def dense(features: int, *, init: str | Callable = "glorot",
 
     Args:
       features: number of outputs (neurons).
-      init: weight initializer: ``"nnfs"`` (``0.01 * N(0,1)``), ``"nielsen_large"``
-        (``N(0,1)``), ``"nielsen"`` (``N(0, 1/n_in)``), ``"glorot"`` (default),
-        ``"he"``, or a function ``(key, (n_in, n_out), dtype) -> w``.
-      bias_init: a constant (default 0), ``"normal"`` (``N(0,1)``, as Nielsen), or a
-        function ``(key, (n_out,), dtype) -> b``.
+      init: weight initializer (:data:`initializers`): ``"glorot"`` (default; uniform,
+        variance ``2 / (n_in + n_out)``), ``"glorot_normal"`` (the same variance,
+        truncated normal, as stax), ``"he"`` (``N(0, 2/n_in)``), ``"uniform_fan_in"``
+        (``U(+-1/sqrt(n_in))``: PyTorch's ``nn.Linear``, Equinox's ``eqx.nn.Linear``),
+        ``"nnfs"`` (``0.01 * N(0,1)``), ``"nnfs_0.1"`` (``0.1 * N(0,1)``),
+        ``"nielsen"`` (``N(0, 1/n_in)``), ``"nielsen_large"`` (``N(0,1)``), or a
+        function ``(key, (n_in, n_out), dtype) -> w``.
+      bias_init: a constant (default 0), ``"normal"`` (``N(0,1)``, as Nielsen),
+        ``"uniform_fan_in"`` (``U(+-1/sqrt(n_in))``, PyTorch's and Equinox's bias), or a
+        function ``(key, (n_out,), dtype) -> b`` (given ``fan_in=n_in`` too if it has a
+        parameter of that name).
+
+    ``init="uniform_fan_in", bias_init="uniform_fan_in"`` draws as PyTorch and Equinox
+    do (from other random streams); their ``W`` is ``(out, in)``, funcnn's ``(in, out)``.
     """
     if isinstance(features, bool) or not isinstance(features, (int, np.integer)) \
             or features <= 0:
@@ -131,12 +210,15 @@ def dense(features: int, *, init: str | Callable = "glorot",
 
     def init_fn(key, in_shape, dtype):
         if len(in_shape) != 1:
+            batch = (f" (If the leading 1 is a batch axis, drop it: input_shape is one "
+                     f"example's shape, {in_shape[1:]}.)"
+                     if len(in_shape) == 2 and in_shape[0] == 1 else "")
             raise ValueError(
                 f"dense: expected a 1-D example shape (features,); got {in_shape}. "
-                "Put nn.flatten() before dense for images.")
+                f"Put nn.flatten() before dense for images.{batch}")
         kw, kb = jax.random.split(key)
         w = jnp.asarray(w_init(kw, (in_shape[0], features), dtype), dtype)
-        return (features,), Dense(w, make_bias(bias_init, kb, features, dtype))
+        return (features,), Dense(w, make_bias(bias_init, kb, features, dtype, in_shape[0]))
 
     def apply_fn(params, x, key, train):
         check_batch("dense", x, 1)

@@ -37,6 +37,7 @@ from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn._checks import tree_mismatch
 
@@ -44,7 +45,7 @@ Array = jax.Array
 Shape = tuple[int, ...]
 
 __all__ = ["Layer", "NoParams", "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
-           "layer_keys", "check_batch", "check_params"]
+           "layer_keys", "check_batch", "check_params", "explain_params_call", "not_a_layer_hint"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,56 @@ class NoParams:
 
 
 jax.tree_util.register_dataclass(NoParams, data_fields=[], meta_fields=[])
+
+
+def _is_count(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def not_a_layer_hint(obj: Any) -> str:
+    """What to say about ``obj`` found where a layer belongs (the usual slips)."""
+    if isinstance(obj, tuple) and len(obj) == 2 and all(map(callable, obj)):
+        return ("it looks like a stax layer, a pair (init_fun, apply_fun); funcnn's layers "
+                "are nn.Layer values from its constructors (nn.dense(64), nn.relu(), ...)")
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return (f"it is a layer's parameters; make the layer with the lowercase "
+                f"constructor (nn.dense(64), nn.conv2d(...), not nn.{type(obj).__name__}(...))")
+    return "did you write nn.relu instead of nn.relu()?"
+
+
+def explain_params_call(cls: type, constructor: str) -> type:
+    """Makes the parameters dataclass ``cls`` answer a call in another library's style
+    with a hint, and returns ``cls``.
+
+    In Flax and stax the capitalised name builds the layer: ``nn.Dense(64)``,
+    ``nn.Conv(32, (3, 3))``, ``nn.LayerNorm()``. In funcnn it names the layer's
+    *parameters* (``Dense(w, b)``) and the layer comes from a lowercase function
+    (``nn.dense(64)``). Such a call (arguments missing, unknown keywords such as
+    ``features=``, or a count followed by a kernel-size tuple) raises a TypeError that
+    points to ``constructor`` (a format string; ``{}`` receives the count given).
+    Parameters built as parameters (``Dense(w, b)``, ``Dense(w=5e-4, b=0.0)``, by
+    ``jax.tree`` functions) are unaffected.
+    """
+    generated = cls.__init__
+    fields = ", ".join(f.name for f in dataclasses.fields(cls))
+
+    def hint(args: tuple) -> str:
+        count = args[0] if args and _is_count(args[0]) else "..."
+        return (f"nn.{cls.__name__}({fields}) holds a layer's parameters, not the layer: "
+                f"funcnn makes layers with lowercase functions, here "
+                f"{constructor.format(count)} (the layer Flax calls nn.{cls.__name__})")
+
+    @functools.wraps(generated)
+    def __init__(self, *args, **kwargs):
+        if args and _is_count(args[0]) and any(isinstance(a, (tuple, list)) for a in args[1:]):
+            raise TypeError(hint(args))
+        try:
+            generated(self, *args, **kwargs)
+        except TypeError as e:
+            raise TypeError(f"{e}. {hint(args)}") from None
+
+    cls.__init__ = __init__
+    return cls
 
 
 # --------------------------------------------------------------------------------------
@@ -163,7 +214,7 @@ class Layer:
         for i, c in enumerate(self.children):
             if not isinstance(c, Layer):
                 raise TypeError(f"Layer {self.name!r}: child {i} is {c!r}, not a layer; "
-                                "did you write nn.relu instead of nn.relu()?")
+                                f"{not_a_layer_hint(c)}")
         if self.children and self.backward_fn is not None and self.forward_fn is None:
             raise TypeError(f"Layer {self.name!r}: a combinator with a backward rule needs "
                             "a forward_fn that keeps its children's tapes (see nn.residual)")
@@ -256,6 +307,24 @@ def check_params(layer: Layer, params: Any, input_shape: Sequence[int], where: s
 
 
 def _as_shape(shape: Any, name: str) -> Shape:
+    # Habits from other libraries, named before the generic messages below: Flax's
+    # init(key, x) takes a sample batch; stax's init_fun(key, (-1, 784)) and Keras'
+    # (None, 784) put a batch axis first. funcnn's init takes one example's shape.
+    if hasattr(shape, "shape") and hasattr(shape, "dtype") and (
+            len(shape.shape) >= 2 or not jnp.issubdtype(shape.dtype, jnp.integer)):
+        raise TypeError(
+            f"{name}.init: input_shape is the shape of one example, not an array of data "
+            f"(Flax's init takes a sample input); got an array of shape {tuple(shape.shape)}"
+            f". Pass x.shape[1:] = {tuple(int(d) for d in shape.shape[1:])}.")
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = ()
+    if len(dims) >= 2 and (dims[0] is None or (_is_count(dims[0]) and dims[0] == -1)):
+        raise ValueError(
+            f"{name}.init: input_shape {dims!r} has a batch axis ({dims[0]!r}, as stax and "
+            f"Keras write it); funcnn's init takes ONE example's shape, so drop the batch "
+            f"axis: pass {dims[1:]!r}.")
     try:
         if any(isinstance(d, bool) or not float(d).is_integer() for d in shape):
             raise TypeError

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.nn.layer import Layer, check_batch
+from funcnn.nn.layer import Layer, check_batch, explain_params_call
 
 Array = jax.Array
 
@@ -24,6 +24,7 @@ class LayerNorm:
 
 
 jax.tree_util.register_dataclass(LayerNorm, data_fields=["scale", "bias"], meta_fields=[])
+explain_params_call(LayerNorm, "nn.layer_norm()")   # Flax's nn.LayerNorm(): a hint
 
 
 def _lead(v: Array, ndim: int) -> Array:
