@@ -45,8 +45,8 @@ Both then follow Nielsen's update to float rounding (funcnn computes in float32,
 Nielsen in float64). Other differences: Nielsen stores weights as (out, in) and
 computes ``W a + b``; funcnn as (in, out) and ``x @ W + b``: the same map. His
 ``random.shuffle`` is replaced by funcnn's per-epoch shuffle from the run's key, and
-he also trains on the last, partial mini-batch when m does not divide n, which
-``fit`` drops here (with the default n 50,000 and m 10 there is none).
+he also trains on the last, partial mini-batch when m does not divide n, and so does
+this script (``drop_remainder=False``; with the default n 50,000 and m 10 there is none).
 
 MNIST cannot be downloaded everywhere: ``--data-dir`` reads the four IDX files you
 have, and ``--dataset fashion`` runs the same networks on Fashion-MNIST (where the
@@ -151,10 +151,11 @@ def run(r: experiment.Run) -> dict[str, float]:
 
     print(f"{cfg.network} on {cfg.dataset}: [784, {cfg.hidden}, {K}], {loss!r}, eta "
           f"{cfg.eta}" + (f", lambda {cfg.lmbda} (l2 {l2:g} = lambda / 2n)" if l2 else ""))
-    # Nielsen also trains on a last, partial mini-batch; once fit can keep it, pass that
-    # here so --train-size values that batch_size does not divide match him too.
+    # Nielsen also trains on a last, partial mini-batch: keep it, so --train-size values
+    # that batch_size does not divide match him too.
     state, history = r.fit(model, loss, opt, state, x, targets, epochs=cfg.epochs,
-                           batch_size=cfg.batch_size, penalty=penalty, engine=cfg.engine,
+                           batch_size=cfg.batch_size, drop_remainder=False,
+                           penalty=penalty, engine=cfg.engine,
                            metrics=[metrics.accuracy], epoch_metrics=accuracies)
     best = int(np.nanargmax(history["test_accuracy"]))
     result = {"test_accuracy": float(history["test_accuracy"][-1]),

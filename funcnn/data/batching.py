@@ -95,6 +95,26 @@ def check_dataset(x: Any, y: Any, *, num_classes: int | None = None) -> None:
             f"right num_classes")
 
 
+def batches_per_epoch(n: int, batch_size: int, *, drop_remainder: bool) -> int:
+    """How many minibatches one pass over ``n`` examples makes: ``n // batch_size``,
+    plus one smaller batch of the ``n % batch_size`` left over unless ``drop_remainder``.
+
+    The keyword has no default on purpose: :func:`batches` keeps the remainder by default
+    and ``train.fit`` drops it, so say which. ``train.fit(..., steps=k * B)`` with ``B``
+    from here trains exactly as ``epochs=k``.
+    """
+    for name, value in (("n", n), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"batches_per_epoch: {name} must be a positive int; got {value!r}")
+    if batch_size > n:
+        raise ValueError(f"batches_per_epoch: batch_size must be in [1, {n}] (the number of "
+                         f"examples); got {batch_size}")
+    if not isinstance(drop_remainder, (bool, np.bool_)):
+        raise TypeError(f"batches_per_epoch: drop_remainder must be True or False; got "
+                        f"{drop_remainder!r}")
+    return int(n // batch_size + (not drop_remainder and n % batch_size > 0))
+
+
 def batches(x: Any, y: Any, batch_size: int, *, key: jax.Array | None = None,
             seed: int | None = None, drop_remainder: bool = False
             ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -103,7 +123,9 @@ def batches(x: Any, y: Any, batch_size: int, *, key: jax.Array | None = None,
     In order by default; shuffled when a ``key`` (``jax.random.key``) or an int
     ``seed`` is given. The last batch is smaller when ``batch_size`` does not divide
     the data set, unless ``drop_remainder=True`` drops it (handy under ``jit``, where
-    every new shape compiles again). The data set is checked with
+    every new shape compiles again). With ``key=jax.random.fold_in(jax.random.fold_in(
+    state.key, 1), epoch)`` these are exactly the batches ``train.fit`` trains on in that
+    epoch (the last one only with ``fit(..., drop_remainder=False)``). The data set is checked with
     :func:`check_dataset` when this is called, before the first batch.
     """
     x, y = _as_array(x, "x"), _as_array(y, "y")

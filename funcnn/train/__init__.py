@@ -22,22 +22,30 @@ Randomness: ``state.key`` is fixed for the run; the dropout key of step ``s`` is
 ``fold_in(fold_in(key, 1), e)``. So a run resumed from a checkpoint draws exactly
 what the uninterrupted run would have drawn.
 
+How long: ``fit(..., epochs=10)`` records a history row per epoch;
+``fit(..., steps=300, eval_every=100)`` trains 300 updates and records a row (and
+evaluates ``validation_data``) every 100, the last epoch partial if need be. Rows keep
+their ``step``, ``epoch`` and wall ``time_s`` in ``history.clock``.
+``drop_remainder=False`` trains on the smaller last batch of each epoch too.
+
 Layout: ``state`` (TrainState, Penalty, init_state), ``inputs`` (DeviceData,
-device_data, prepare_data), ``step`` (train_step, its gradient engines, evaluate)
-and ``loop`` (run_epochs, History, DivergedError, fit); each imports only those
-before it.
+device_data, prepare_data), ``step`` (train_step, its gradient engines, evaluate),
+``compiled`` (run_epochs, run_steps: the jitted programs), ``history`` (History)
+and ``loop`` (fit, DivergedError); each imports only those before it.
 """
 
+from funcnn.train.compiled import run_epochs, run_steps
+from funcnn.train.history import History
 from funcnn.train.inputs import DeviceData, device_data, prepare_data
-from funcnn.train.loop import DivergedError, History, fit, run_epochs
+from funcnn.train.loop import DivergedError, fit
 from funcnn.train.state import Penalty, TrainState, dense_penalty, init_state
 from funcnn.train.step import ENGINES, check_engine, evaluate, metric_set, train_step
 
-# Private, but used by the tests and benchmarks: the jitted run_epochs (its compile
-# cache) and the jitted evaluation.
-from funcnn.train.loop import _run_epochs  # noqa: F401, E402
+# Private, but used by the tests and benchmarks: the jitted run_epochs and run_steps
+# (their compile caches) and the jitted evaluation.
+from funcnn.train.compiled import _run_epochs, _run_steps  # noqa: F401, E402
 from funcnn.train.step import _evaluate  # noqa: F401, E402
 
 __all__ = ["TrainState", "Penalty", "DivergedError", "History", "DeviceData", "init_state",
            "dense_penalty", "device_data", "prepare_data", "train_step", "evaluate", "fit",
-           "run_epochs", "check_engine", "metric_set", "ENGINES"]
+           "run_epochs", "run_steps", "check_engine", "metric_set", "ENGINES"]

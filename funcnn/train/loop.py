@@ -1,11 +1,13 @@
-"""Compiled epochs (``run_epochs``), the training history, and ``fit``."""
+"""``fit``: the host side of training (checks, chunks of compiled work, the history,
+logging, divergence), around the compiled programs of :mod:`funcnn.train.compiled`."""
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import math
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
@@ -14,103 +16,20 @@ import numpy as np
 
 from funcnn import nn, optim
 from funcnn._checks import concrete
-from funcnn.diagnostics import block_means, check_model, check_names, update_ratios
+from funcnn.data.batching import batches_per_epoch
+from funcnn.diagnostics import check_model, check_names
 from funcnn.diagnostics import is_column as is_diagnostic
-from funcnn.metrics import Metric
+from funcnn.train.compiled import _run_epochs, _run_steps, run_epochs, run_steps  # noqa: F401
+from funcnn.train.history import History
 from funcnn.train.inputs import DeviceData, prepare_data
 from funcnn.train.state import Penalty, TrainState, check_opt_state
-from funcnn.train.step import (_evaluate_arrays, check_engine, check_loss_domain,
-                               metric_set, train_step)
+from funcnn.train.step import check_engine, check_loss_domain, metric_set
 
 Array = jax.Array
 
-
-# --------------------------------------------------------------------------------------
-# Compiled epochs
-# --------------------------------------------------------------------------------------
-
-def _all_finite(tree: Any) -> Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
-def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
-               val: tuple[Array, Array] | None, *, model: nn.Layer, loss: Callable,
-               update: Callable, engine: str, batch_size: int, shuffle: bool,
-               epochs: int, guard: bool = False, metrics: tuple[Metric, ...] | None = None,
-               diagnostics: tuple[str, ...] = (), per_step: bool = False,
-               ) -> tuple[TrainState, dict[str, Array]]:
-    """``epochs`` epochs as one nested ``lax.scan`` (pure; ``fit`` jits it).
-
-    Each epoch: a permutation of the examples drawn on device, then ``N // batch_size``
-    steps, each gathering its minibatch from the permutation. Returns per-epoch metrics
-    (arrays of length ``epochs``: ``loss``, each metric by name (``metrics``: a tuple of
-    :class:`~funcnn.metrics.Metric`, default the loss's natural one), ``val_`` ones with
-    validation data, and ``data_loss`` only with a penalty, as without one it equals
-    ``loss``; with ``diagnostics``, one column per diagnostic and layer, shape
-    ``(epochs, steps)`` when ``per_step``; ``update_ratio`` once per epoch). With
-    ``guard=True`` a step whose loss or new weights are not finite is rejected, and so
-    are all steps after it: the state returned is the last finite one, and ``bad_step``
-    says where it went wrong (-1: nowhere).
-    """
-    metrics = metric_set(loss, metrics, "run_epochs")
-    n = x.shape[0]
-    steps = n // batch_size
-    full_batch = steps == 1 and batch_size == n
-
-    def epoch(carry, _):
-        state, bad_step = carry
-        start = state.params
-        e = state.step // steps
-        if full_batch:
-            perm = None
-        elif shuffle:
-            perm = jax.random.permutation(jax.random.fold_in(jax.random.fold_in(state.key, 1), e), n)
-        else:
-            perm = jnp.arange(n)
-
-        def step(carry, i):
-            state, bad_step = carry
-            if perm is None:
-                xb, yb = x, y
-            else:
-                idx = jax.lax.dynamic_slice_in_dim(perm, i * batch_size, batch_size)
-                xb, yb = jnp.take(x, idx, axis=0), jnp.take(y, idx, axis=0)
-            new, m = train_step(state, xb, yb, model=model, loss=loss, update=update,
-                                engine=engine, penalty=penalty, metrics=metrics,
-                                diagnostics=diagnostics)
-            if guard:
-                ok = (bad_step < 0) & jnp.isfinite(m["loss"]) & _all_finite(new.params)
-                bad_step = jnp.where(ok | (bad_step >= 0), bad_step, state.step)
-                new = jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, state)
-            return (new, bad_step), m
-
-        (state, bad_step), m = jax.lax.scan(step, (state, bad_step), jnp.arange(steps))
-        out = {k: v if per_step and is_diagnostic(k) else jnp.mean(v) for k, v in m.items()
-               if k != "data_loss" or penalty is not None}
-        if "update_ratio" in diagnostics:  # the epoch's change, once per epoch: no cost
-            out.update(update_ratios(start, state.params))
-        out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
-        lr = optim.learning_rate(update, state.opt_state)
-        out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
-        if val is not None:
-            v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss,
-                                 metrics=metrics)
-            out.update({f"val_{k}": v[k] for k in v})
-        return (state, bad_step), out
-
-    (state, bad_step), metrics = jax.lax.scan(epoch, (state, jnp.array(-1, jnp.int32)), None,
-                                              length=epochs)
-    metrics["bad_step"] = bad_step
-    # A non-finite weight after epoch k makes epoch k+1's loss non-finite, so only the
-    # last epoch's weights need their own check.
-    metrics["finite"] = metrics["finite"].at[-1].set(
-        metrics["finite"][-1] & _all_finite(state.params))
-    return state, metrics
-
-
-_run_epochs = jax.jit(run_epochs, static_argnames=(
-    "model", "loss", "update", "engine", "batch_size", "shuffle", "epochs", "guard",
-    "metrics", "diagnostics", "per_step"))
+# Steps per compiled call that fit aims for by default: Python then runs once per this
+# much work, while the progress bar, the log and on_chunk still come often.
+_STEPS_PER_CALL = 2048
 
 
 # --------------------------------------------------------------------------------------
@@ -121,7 +40,8 @@ class DivergedError(FloatingPointError):
     """The loss or the weights stopped being finite during training.
 
     ``state`` is the last state whose loss and weights were finite, ``history`` the
-    metrics of the epochs completed before, ``epoch`` and ``step`` where it happened.
+    rows completed before, ``epoch`` and ``step`` where it happened (the epoch of the
+    run, from 1, and the step within it, from 1).
     """
 
     def __init__(self, message: str, *, state: TrainState, history: History, epoch: int,
@@ -130,59 +50,21 @@ class DivergedError(FloatingPointError):
         self.state, self.history, self.epoch, self.step = state, history, epoch, step
 
 
-@dataclasses.dataclass
-class History:
-    """Per-epoch metrics as numpy arrays: ``loss``, ``data_loss``, ``learning_rate``,
-    each metric by name (by default the loss's natural one: ``accuracy`` for
-    classification, ``mae`` for regression) and, with validation data, ``val_loss``
-    and ``val_`` + each metric's name; with ``fit(..., diagnostics=...)`` one column
-    per diagnostic and layer (``grad_norm[0].b``, ...). With ``diagnostics_every=k``
-    those are in ``steps`` instead: ``steps["step"]`` the update numbers, and the means
-    over each block of ``k`` updates."""
-
-    metrics: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    steps: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
-    _pending: dict[str, np.ndarray] = dataclasses.field(default_factory=dict, repr=False)
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        return self.metrics[name]
-
-    def __len__(self) -> int:
-        return len(self.metrics.get("loss", ()))
-
-    def append(self, chunk: dict[str, np.ndarray]) -> None:
-        if "data_loss" not in chunk:  # no penalty: the data loss is the loss
-            chunk = {**chunk, "data_loss": chunk["loss"]}
-        for k, v in chunk.items():
-            self.metrics[k] = np.concatenate([self.metrics.get(k, np.zeros((0,), v.dtype)), v])
-
-    def append_steps(self, values: dict[str, np.ndarray], first_step: int, every: int) -> None:
-        """Per-step diagnostics (each ``(epochs, steps)``) from update ``first_step + 1``
-        on, recorded as means over blocks of ``every`` updates."""
-        records, self._pending = block_means(
-            {k: np.ravel(v) for k, v in values.items()}, first_step, every, self._pending)
-        for k, v in records.items():
-            self.steps[k] = np.concatenate([self.steps.get(k, np.zeros((0,), v.dtype)), v])
-
-    def last(self) -> dict[str, float]:
-        """The final epoch's metrics."""
-        return {k: float(v[-1]) for k, v in self.metrics.items()}
-
-
-def _progress_bar(total: int, enabled: bool | None):
+def _progress_bar(total: int, enabled: bool | None, unit: str = "epoch"):
     if enabled is False or (enabled is None and not sys.stderr.isatty()):
         return None
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return None
-    return tqdm(total=total, unit="epoch", leave=False)
+    return tqdm(total=total, unit=unit, leave=False)
 
 
-def _format(epoch: int, m: dict[str, float], names: tuple[str, ...]) -> str:
-    """An NNFS-style log line (``acc`` for ``accuracy``, as the book prints it)."""
+def _format(where: str, m: dict[str, float], names: tuple[str, ...]) -> str:
+    """An NNFS-style log line (``acc`` for ``accuracy``, as the book prints it);
+    ``where`` is ``"epoch: 3"`` or ``"step: 300"``."""
     short = lambda k: "acc" if k == "accuracy" else k  # noqa: E731
-    line = f"epoch: {epoch}, " + "".join(f"{short(k)}: {m[k]:.3f}, " for k in names)
+    line = f"{where}, " + "".join(f"{short(k)}: {m[k]:.3f}, " for k in names)
     line += f"loss: {m['loss']:.3f}"
     if "data_loss" in m:
         line += f" (data_loss: {m['data_loss']:.3f}, reg_loss: {m['loss'] - m['data_loss']:.3f})"
@@ -193,15 +75,81 @@ def _format(epoch: int, m: dict[str, float], names: tuple[str, ...]) -> str:
     return line
 
 
+def _positive_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= 1
+
+
+def _check_length(epochs: Any, steps: Any, eval_every: Any,
+                  epochs_per_call: Any) -> None:
+    """How long to train: exactly one of ``epochs`` and ``steps``, and ``eval_every``
+    (with ``steps`` only) within it. Checked before anything else runs."""
+    if epochs is None and steps is None:
+        raise ValueError("fit: say how long to train: pass epochs= (passes over the data) "
+                         "or steps= (optimizer updates); got neither")
+    if epochs is not None and steps is not None:
+        raise ValueError(f"fit: pass either epochs= or steps=, not both; got epochs={epochs!r} "
+                         f"and steps={steps!r}")
+    if epochs is not None and not _positive_int(epochs):
+        raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
+    if steps is not None and not _positive_int(steps):
+        raise ValueError(f"fit: steps must be a positive int (optimizer updates); got "
+                         f"{steps!r}")
+    if eval_every is not None:
+        if steps is None:
+            raise ValueError(f"fit: eval_every={eval_every!r} counts steps, so it needs steps=; "
+                             "with epochs= a row is recorded (and validation run) after "
+                             "every epoch")
+        if not _positive_int(eval_every):
+            raise ValueError(f"fit: eval_every must be a positive int (steps between rows); "
+                             f"got {eval_every!r}")
+        if eval_every > steps:
+            raise ValueError(f"fit: eval_every={eval_every} is beyond steps={steps}, so no row "
+                             "would come before the end; use eval_every <= steps")
+    if epochs_per_call is not None and steps is not None:
+        raise ValueError("fit: epochs_per_call applies to epochs=; with steps= each compiled "
+                         "call runs whole rows of eval_every steps (about "
+                         f"{_STEPS_PER_CALL} steps a call)")
+
+
+def _calls(*, epochs: int | None, steps: int | None, eval_every: int, per_epoch: int,
+           epochs_per_call: int | None, config: dict[str, Any]
+           ) -> Iterator[tuple[Callable, int, int]]:
+    """The compiled calls that make up a fit: ``(run, rows, steps per row)`` each, with
+    ``run(state, x, y, penalty, val, guard=False)``. Few distinct shapes, so few
+    compilations: the usual chunk, a shorter last chunk, and (with ``steps``) a last
+    shorter row."""
+    if epochs is not None:
+        if epochs_per_call is None:
+            epochs_per_call = max(1, min(epochs, math.ceil(_STEPS_PER_CALL / per_epoch)))
+        done = 0
+        while done < epochs:
+            k = min(epochs_per_call, epochs - done)
+            yield functools.partial(_run_epochs, epochs=k, **config), k, per_epoch
+            done += k
+        return
+    whole, tail = divmod(steps, eval_every)
+    rows_per_call = max(1, min(whole, math.ceil(_STEPS_PER_CALL / eval_every)))
+    done = 0
+    while done < whole:
+        k = min(rows_per_call, whole - done)
+        yield functools.partial(_run_steps, rows=k, row_steps=eval_every, **config), k, eval_every
+        done += k
+    if tail:
+        yield functools.partial(_run_steps, rows=1, row_steps=tail, **config), 1, tail
+
+
 def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: TrainState,
-        x: Any, y: Any = None, *, epochs: int, batch_size: int | None = None,
-        validation_data: tuple[Any, Any] | None = None, engine: str = "backprop",
-        metrics: Any = None, diagnostics: Any = None, diagnostics_every: int | None = None,
-        penalty: Penalty | None = None, shuffle: bool = True, log_every: int | None = None,
-        progress: bool | None = None, epochs_per_call: int | None = None,
+        x: Any, y: Any = None, *, epochs: int | None = None, steps: int | None = None,
+        eval_every: int | None = None, batch_size: int | None = None,
+        drop_remainder: bool = True, validation_data: tuple[Any, Any] | None = None,
+        engine: str = "backprop", metrics: Any = None, diagnostics: Any = None,
+        diagnostics_every: int | None = None, penalty: Penalty | None = None,
+        shuffle: bool = True, log_every: int | None = None, progress: bool | None = None,
+        epochs_per_call: int | None = None,
         on_chunk: Callable[[TrainState, History], None] | None = None,
         ) -> tuple[TrainState, History]:
-    """Trains for ``epochs`` epochs of minibatches; returns the final state and history.
+    """Trains for ``epochs`` epochs (or ``steps`` updates) of minibatches; returns the
+    final state and the history.
 
     Args:
       model, loss, optimizer: what to train, on what objective, with what rule.
@@ -209,40 +157,64 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
       x, y: the training set, batch-first; checked for matching lengths, NaN/inf and
         labels within the model's classes before anything runs. For many calls on the
         same data pass ``x=train.device_data(x, y, ...)`` and ``y=None``: checked once.
-      epochs: passes over the data. ``batch_size``: examples per step (default: the
-        whole set); the last ``N % batch_size`` examples of each shuffled epoch are
-        left out, a different few each epoch.
-      validation_data: ``(x_val, y_val)`` evaluated after every epoch.
+      epochs: passes over the data; one history row each.
+      steps: optimizer updates instead of epochs (exactly one of the two), as in
+        Equinox's tutorials: ``steps=300, eval_every=100``. Any number: the last epoch
+        may be partial, and the next call (or a resumed run) carries on mid-epoch with
+        the same batches; ``steps = k * B`` (``B`` =
+        :func:`funcnn.data.batches_per_epoch`) trains exactly as ``epochs = k``.
+      eval_every: with ``steps``, a history row (training means since the last row,
+        validation, the log line) every this many steps from this call's first, and
+        one at the end; default one per epoch's worth of steps, ``min(steps, B)``.
+      batch_size: examples per step (default: the whole set).
+      drop_remainder: when ``batch_size`` does not divide the ``N`` examples, True (the
+        default) leaves the last ``N % batch_size`` of each shuffled epoch out, a
+        different few each epoch; False trains on them too, as one smaller last batch
+        per epoch (as Nielsen's ``network.py`` and JAX's MNIST example do), whose
+        gradient is the mean over its own examples. It is a separate step in the same
+        compiled program (the step is compiled for both batch shapes).
+      validation_data: ``(x_val, y_val)`` evaluated after every row.
       engine: ``"backprop"`` (hand-derived rules only; a layer or loss without one is an
         error), ``"mixed"`` (hand rules, and ``jax.vjp`` where a layer or loss has none)
         or ``"jax"`` (``jax.grad`` throughout).
-      metrics: what to report besides the loss, per epoch: a list of
+      metrics: what to report besides the loss, per row: a list of
         :class:`~funcnn.metrics.Metric` or functions ``(pred, target) -> scalar``, or a
         dict name -> function; default the loss's natural metric (``loss.metric``).
       diagnostics: gradient-flow diagnostics to record inside the compiled loop (a list
         of :data:`funcnn.diagnostics.NAMES`, or True for all that apply): per-layer gradient norms
         (Nielsen's speed of learning), update-to-weight ratios, saturated and dead
-        units; history columns such as ``grad_norm[0].b``, the mean over each epoch.
+        units; history columns such as ``grad_norm[0].b``, the mean over each row.
       diagnostics_every: record them every this many steps instead (means over each
         block of steps, in ``history.steps``).
       penalty: optional :class:`Penalty` (L1/L2 on the weights).
-      log_every: print an NNFS-style line every this many epochs.
+      log_every: print an NNFS-style line every this many rows (epochs, or with
+        ``steps`` rows of ``eval_every`` steps), and after the last.
       progress: a tqdm progress bar (default: only on a terminal, if tqdm is installed).
       epochs_per_call: epochs compiled into one call (default: enough for ~2048 steps).
+        Only with ``epochs``: with ``steps`` each call holds whole rows, ~2048 steps.
       on_chunk: called with ``(state, history)`` after each compiled call (checkpoints).
+
+    The history (:class:`History`) also keeps each row's ``step``, ``epoch`` and wall
+    ``time_s`` in ``history.clock``: the seconds of each compiled call, measured on the
+    host once its results are ready, shared among its rows. The rows of a call that had
+    to compile first (the first call of a fit; a shorter last chunk or row) include the
+    compilation. Measuring adds no work, and no synchronisation, inside the compiled
+    program.
 
     Raises:
       DivergedError: the loss or weights became NaN/inf; it names the epoch and step and
         carries the last finite state.
     """
+    _check_length(epochs, steps, eval_every, epochs_per_call)
+    if not isinstance(drop_remainder, (bool, np.bool_)):
+        raise TypeError(f"fit: drop_remainder must be True or False; got {drop_remainder!r}")
+    drop_remainder = bool(drop_remainder)
     check_engine(engine, model, loss, "fit")
     chosen = metric_set(loss, metrics, "fit")
     diag_names, every = check_names(diagnostics, diagnostics_every, "fit")
     if not isinstance(state, TrainState):
         raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
                         f"{type(state).__name__}")
-    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
-        raise ValueError(f"fit: epochs must be a positive int; got {epochs!r}")
     for name, value in (("log_every", log_every), ("epochs_per_call", epochs_per_call)):
         if value is not None and (isinstance(value, bool) or not isinstance(
                 value, (int, np.integer)) or value < 1):
@@ -264,7 +236,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     check_loss_domain(model, loss, state.params, xd, yd, "fit")
     n = xd.shape[0]
     batch_size = n if batch_size is None else batch_size
-    if not isinstance(batch_size, (int, np.integer)) or not 1 <= batch_size <= n:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+            not 1 <= batch_size <= n:
         raise ValueError(f"fit: batch_size must be an int in [1, {n}] (the number of "
                          f"examples); got {batch_size!r}")
     batch_size = int(batch_size)
@@ -275,42 +248,60 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
             prepare_data(model, loss, state.params, validation_data, None)
     if penalty is not None:
         penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
-    steps = n // batch_size
+    per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
+    total = epochs * per_epoch if epochs is not None else steps
+    if steps is not None and eval_every is None:
+        eval_every = min(steps, per_epoch)
     if diag_names:
-        diag_names = check_model(diag_names, every, model, state.params, xd, epochs * steps,
+        diag_names = check_model(diag_names, every, model, state.params, xd, total,
                                  "fit", strict=diagnostics is not True)
-    if epochs_per_call is None:
-        epochs_per_call = max(1, min(epochs, math.ceil(2048 / steps)))
     config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
                   batch_size=batch_size, shuffle=shuffle, metrics=chosen,
-                  diagnostics=diag_names, per_step=every is not None)
+                  diagnostics=diag_names, per_step=every is not None,
+                  drop_remainder=drop_remainder)
+    names = tuple(m.name for m in chosen)
     history = History()
-    bar = _progress_bar(epochs, progress)
-    done = 0
-    first_epoch = int(state.step) // steps  # epochs already run, when resuming
+    bar = _progress_bar(epochs if epochs is not None else steps, progress,
+                        "epoch" if epochs is not None else "step")
+    step0 = int(state.step)  # updates already applied, when resuming
+    done = 0  # updates applied by this call
+    rows_done = 0
     try:
-        while done < epochs:
-            k = min(epochs_per_call, epochs - done)
-            new, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, **config)
+        for run, k, row_steps in _calls(epochs=epochs, steps=steps, eval_every=eval_every,
+                                        per_epoch=per_epoch, epochs_per_call=epochs_per_call,
+                                        config=config):
+            start = time.perf_counter()
+            new, m = jax.block_until_ready(run(state, xd, yd, penalty, val))
+            seconds = time.perf_counter() - start  # ready, so this is the device's time too
             m = jax.device_get(m)
+            ends = step0 + done + row_steps * np.arange(1, k + 1, dtype=np.int64)
+            clock = {"step": ends, "epoch": ends / per_epoch,
+                     "time_s": np.full(k, seconds / k)}
             if not np.all(m["finite"]):
-                _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, every)
+                _diverged(run, state, xd, yd, penalty, val, step0=step0 + done,
+                          per_epoch=per_epoch, row_steps=row_steps, clock=clock,
+                          history=history, every=every)
             chunk = {key: np.asarray(v) for key, v in m.items()
                      if key not in ("finite", "bad_step")}
             if every is not None:
                 history.append_steps({k: chunk.pop(k) for k in list(chunk)
-                                      if is_diagnostic(k)}, int(state.step), every)
+                                      if is_diagnostic(k)}, step0 + done, every)
             state = new
-            history.append(chunk)
+            history.append(chunk, clock)
             for i in range(k):
-                epoch = first_epoch + done + i + 1
-                if log_every and (epoch % log_every == 0 or done + i + 1 == epochs):
-                    line = _format(epoch, {key: float(v[i]) for key, v in chunk.items()},
-                                   tuple(m.name for m in chosen))
+                row = rows_done + i + 1
+                last = epochs is not None and row == epochs or \
+                    steps is not None and int(ends[i]) == step0 + steps
+                if log_every and (row % log_every == 0 or last):
+                    where = (f"epoch: {int(ends[i]) // per_epoch}" if epochs is not None
+                             else f"step: {int(ends[i])}")
+                    line = _format(where, {key: float(v[i]) for key, v in chunk.items()},
+                                   names)
                     (bar.write if bar is not None else print)(line)
-            done += k
+            done += k * row_steps
+            rows_done += k
             if bar is not None:
-                bar.update(k)
+                bar.update(k if epochs is not None else k * row_steps)
                 bar.set_postfix(loss=f"{chunk['loss'][-1]:.4f}",
                                 **{m.name: f"{chunk[m.name][-1]:.3f}" for m in chosen})
             if on_chunk is not None:
@@ -397,20 +388,25 @@ def check_penalty(penalty: Penalty, where: str, dtype: Any = None) -> None:
                                  f"dtype); got {v}")
 
 
-def _diverged(state, xd, yd, penalty, val, k, done, steps, history, config, every):
-    """Reruns a chunk that went non-finite with the guard on, and raises."""
-    last_good, m = _run_epochs(state, xd, yd, penalty, val, epochs=k, guard=True, **config)
+def _diverged(run: Callable, state: TrainState, xd: Array, yd: Array,
+              penalty: Penalty | None, val: Any, *, step0: int, per_epoch: int,
+              row_steps: int, clock: dict[str, np.ndarray], history: History,
+              every: int | None) -> None:
+    """Reruns a compiled call that went non-finite with the guard on, keeps the rows
+    completed before the first bad update, and raises. ``step0`` is ``state.step``
+    (the updates before this call), ``clock`` the call's rows' clock."""
+    last_good, m = run(state, xd, yd, penalty, val, guard=True)
     bad = int(m["bad_step"])
     if bad < 0:  # the last update of the chunk made the weights non-finite
         bad = int(last_good.step)
-    epoch, step = bad // steps + 1, bad % steps + 1
-    good_epochs = int(last_good.step) // steps - done
-    chunk = {key: np.asarray(v)[:good_epochs] for key, v in jax.device_get(m).items()
+    epoch, step = bad // per_epoch + 1, bad % per_epoch + 1
+    good_rows = (int(last_good.step) - step0) // row_steps
+    chunk = {key: np.asarray(v)[:good_rows] for key, v in jax.device_get(m).items()
              if key not in ("finite", "bad_step")}
     if every is not None:
         history.append_steps({k: chunk.pop(k) for k in list(chunk) if is_diagnostic(k)},
-                             int(state.step), every)
-    history.append(chunk)
+                             step0, every)
+    history.append(chunk, {k: v[:good_rows] for k, v in clock.items()})
     where = (f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, "
              f"step {step} (update {bad + 1} of the run). The returned state (error.state) "
              "is the last finite one. ")
