@@ -468,6 +468,9 @@ def test_a_users_transform_must_keep_arrays_in_its_state():
         O.chain(bad, O.sgd(0.1)).init(jnp.ones(2))
     good = O.Optimizer(lambda p: {"lr": jnp.asarray(0.1)}, lambda g, s, p=None: (g, s))
     O.chain(good, O.sgd(0.1)).init(jnp.ones(2))
+    from funcnn import nn, train
+    with pytest.raises(TypeError, match=r"init_state: the optimizer state must be a pytree"):
+        train.init_state(nn.dense(2), bad, jax.random.key(0), (3,))
 
 
 def test_optax_traps_are_gone():

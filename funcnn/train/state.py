@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import losses, nn, optim
+from funcnn.optim.base import check_state_leaves
 from funcnn._checks import tree_mismatch
 
 Array = jax.Array
@@ -93,7 +94,9 @@ def init_state(model: nn.Layer, optimizer: optim.Optimizer, key: Array,
         params = model.init(k_init, input_shape, dtype)
     else:
         nn.check_params(model, params, input_shape, "init_state")
-    return TrainState(params, optimizer.init(params), jnp.zeros((), jnp.int32), k_run)
+    opt_state = optimizer.init(params)
+    check_state_leaves(opt_state, "init_state")  # a user's transform: arrays only
+    return TrainState(params, opt_state, jnp.zeros((), jnp.int32), k_run)
 
 
 @functools.lru_cache(maxsize=64)
