@@ -86,12 +86,12 @@ def rewrite(path: Path, replace: dict, seal: bool = True) -> None:
     members.update(replace)
     with zipfile.ZipFile(path, "w") as zf:
         if seal:
-            zf.comment = ckpt._SEAL + b"0" * 64
+            zf.comment = ckpt.fileformat.SEAL + b"0" * 64
         for name, data in members.items():
             zf.writestr(name, data)
     if seal:
         data = path.read_bytes()
-        path.write_bytes(data[:-64] + ckpt._file_sha256(data))
+        path.write_bytes(data[:-64] + ckpt.fileformat.file_sha256(data))
 
 
 def edit_header(path: Path, change, fix_checksum: bool = True, seal: bool = True) -> None:
@@ -99,7 +99,7 @@ def edit_header(path: Path, change, fix_checksum: bool = True, seal: bool = True
         header = json.loads(zf.read(ckpt.HEADER))
     change(header)
     if fix_checksum:
-        header["checksum"] = ckpt._header_checksum(header)
+        header["checksum"] = ckpt.fileformat.header_checksum(header)
     rewrite(path, {ckpt.HEADER: json.dumps(header).encode()}, seal=seal)
 
 
@@ -110,12 +110,12 @@ def make_version_1(path: Path) -> Path:
         members = {n: zf.read(n) for n in zf.namelist()}
     header = json.loads(members.pop(ckpt.HEADER))
     header["version"] = 1
-    header["checksum"] = ckpt._header_checksum(header)
+    header["checksum"] = ckpt.fileformat.header_checksum(header)
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
-            with zf.open(zipfile.ZipInfo(name, ckpt._ZIP_TIME), "w", force_zip64=True) as m:
+            with zf.open(zipfile.ZipInfo(name, ckpt.fileformat.ZIP_TIME), "w", force_zip64=True) as m:
                 m.write(data)
-        zf.writestr(zipfile.ZipInfo(ckpt.HEADER, ckpt._ZIP_TIME),
+        zf.writestr(zipfile.ZipInfo(ckpt.HEADER, ckpt.fileformat.ZIP_TIME),
                     json.dumps(header, indent=1, sort_keys=True))
     return path
 
@@ -419,6 +419,8 @@ NARROWING = textwrap.dedent("""
 def test_load_refuses_to_narrow_with_x64_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = str(int(jax.config.read(  # as tests/conftest.py
+        "jax_disable_most_optimizations")))
     out = subprocess.run([sys.executable, "-c", NARROWING, str(tmp_path / "n.npz")], env=env,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr
@@ -648,10 +650,16 @@ class SpiralConfig:
     epochs: int = 5
 
 
+# Built once: layers and optimizers hash by identity, so the test's runs share fit's
+# compiled program (one call per epoch, each the same program) instead of compiling it
+# for each run.
+SPIRAL_MODEL = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+SPIRAL_OPT = optim.adam(0.02)
+
+
 def spiral_run(r: experiment.Run):
     x, y = data.spiral_data(20, 3)
-    model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
-    opt = optim.adam(0.02)
+    model, opt = SPIRAL_MODEL, SPIRAL_OPT
     state = train.init_state(model, opt, r.key, (2,))
     state, _ = r.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
                      epochs=r.config.epochs, batch_size=20)

@@ -17,7 +17,12 @@ import numpy as np
 
 def _as_array(a: Any, name: str) -> np.ndarray:
     """``a`` as a numpy array with at least one (batch) axis, or a clear error."""
-    arr = np.asarray(a)
+    try:
+        arr = np.asarray(a)
+    except (ValueError, TypeError) as e:  # ragged rows
+        raise ValueError(f"{name} must be a numeric array with one row per example, all rows "
+                         f"of one shape; numpy cannot make one from it ({e}); fix: pad or "
+                         "drop the rows that differ") from None
     if arr.ndim == 0:
         raise ValueError(
             f"{name} must be an array whose first axis runs over examples, got a scalar "
@@ -136,20 +141,41 @@ def batches(x: Any, y: Any, batch_size: int, *, key: jax.Array | None = None,
         raise ValueError(
             f"batch_size must be an int in [1, {n}] (the data set holds {n} examples), "
             f"got {batch_size!r}; fix: pick a batch size no larger than the data set")
+    if not isinstance(drop_remainder, (bool, np.bool_)):
+        raise TypeError(f"drop_remainder must be True or False; got {drop_remainder!r}")
     if key is not None and seed is not None:
         raise ValueError("pass either key= or seed= to shuffle, not both")
     if key is not None:
-        if not isinstance(key, jax.Array):
+        if not _is_key(key):
             raise TypeError(
-                f"key must be a jax.random.key, got {type(key).__name__}; fix: "
+                f"key must be a jax.random.key, got {_describe(key)}; fix: "
                 f"key=jax.random.key(0), or seed=0 for an int seed")
         order = np.asarray(jax.random.permutation(key, n))
     elif seed is not None:
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) \
+                or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}; fix: seed=0, or "
+                             "key=jax.random.key(0)")
         order = np.random.default_rng(seed).permutation(n)
     else:
         order = None
     stop = n - n % batch_size if drop_remainder else n
     return _iterate(x, y, order, batch_size, stop)
+
+
+def _is_key(key: Any) -> bool:
+    """A typed key (``jax.random.key``) or a raw one (``jax.random.PRNGKey``: 2 uint32)."""
+    if not isinstance(key, jax.Array):
+        return False
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key.ndim == 0
+    return key.dtype == np.uint32 and key.shape == (2,)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, jax.Array):
+        return f"an array of dtype {value.dtype} and shape {value.shape}"
+    return type(value).__name__
 
 
 def _iterate(x: np.ndarray, y: np.ndarray, order: np.ndarray | None, batch_size: int,

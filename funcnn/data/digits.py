@@ -23,8 +23,11 @@ def load_digits(*, test_fraction: float = 0.2, seed: int = 0
         raise ImportError(
             "load_digits needs scikit-learn, an optional extra of funcnn; fix: "
             "pip install funcnn[digits]  (or: pip install scikit-learn)") from err
-    if not 0.0 < test_fraction < 1.0:
+    if isinstance(test_fraction, (bool, np.bool_)) or not isinstance(
+            test_fraction, (int, float, np.integer, np.floating)) or not 0.0 < test_fraction < 1.0:
         raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {test_fraction!r}")
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     bunch = sklearn_load_digits()
     x = bunch.images.astype(np.uint8)  # whole numbers 0..16 stored as float64
     y = bunch.target.astype(np.uint8)

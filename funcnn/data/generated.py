@@ -38,6 +38,11 @@ def _stream(seed: int | None, rng: np.random.RandomState | None) -> np.random.Ra
                 f"np.random.randn uses), got {type(rng).__name__}; fix: "
                 f"rng = np.random.RandomState(0)")
         return rng
+    if seed is not None and (isinstance(seed, (bool, np.bool_))
+                             or not isinstance(seed, (int, np.integer))
+                             or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be an int in [0, 2**32) (numpy's RandomState seeds), "
+                         f"got {seed!r}")
     return np.random.RandomState(0 if seed is None else seed)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import math
 import os
 import struct
 import tempfile
@@ -78,7 +79,7 @@ def parse_idx(f: BinaryIO, name: str, hasher: Any = None) -> np.ndarray:
     if any(d < 0 for d in dims):
         raise _fail(name, f"negative dimension size in {dims}")
     dtype = IDX_DTYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: no overflow
     try:
         arr = np.empty(dims, dtype=dtype)
     except (MemoryError, ValueError) as err:
@@ -114,7 +115,11 @@ def read_idx(source: str | os.PathLike | bytes, *, name: str | None = None,
         name = name or "<bytes>"
     elif isinstance(source, (str, os.PathLike)):
         name = name or os.fspath(source)
-        raw = open(source, "rb")
+        try:
+            raw = open(source, "rb")
+        except ValueError as e:  # e.g. "embedded null byte": file contents passed as a str
+            raise TypeError(f"read_idx: {name[:40]!r}... is not a path ({e}); pass a file's "
+                            "contents as bytes, not str") from None
     else:
         raise TypeError(f"read_idx expects a path or bytes, got {type(source).__name__}")
     with raw:
@@ -149,6 +154,9 @@ def write_idx(path: str | os.PathLike, array: Any) -> Path:
     crash never leaves half a file behind. Returns the path.
     """
     path = Path(path)
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"write_idx: the folder {path.parent} does not exist; create it "
+                                "first (Path(...).mkdir(parents=True))")
     data = encode_idx(array)
     if path.suffix == ".gz":
         data = gzip.compress(data, mtime=0)

@@ -286,6 +286,20 @@ def _check_image_options(flatten: bool, scale: bool | str | None, where: str) ->
     return scale
 
 
+def _check_pixels(images: np.ndarray) -> None:
+    """``scale=`` maps stored 0..255 pixels: integer images in that range, nothing else
+    (float images are most likely scaled already, and would be scaled twice)."""
+    if images.dtype.kind not in "iu":
+        raise ValueError(
+            f"prepare_images: scale= maps the stored 0..255 integer pixels to float32, but "
+            f"these images are {images.dtype} (already scaled?). Fix: pass scale=None for "
+            "images already scaled, or images.astype(np.uint8) if they hold 0..255")
+    if images.dtype != np.uint8 and images.size and (images.min() < 0 or images.max() > 255):
+        raise ValueError(
+            f"prepare_images: scale= maps 0..255 pixels, but these images hold values in "
+            f"[{images.min()}, {images.max()}]. Fix: pass uint8 images as stored")
+
+
 def prepare_images(images: np.ndarray, *, flatten: bool = False,
                    scale: bool | str | None = None) -> np.ndarray:
     """Images as a model takes them: ``flatten`` to ``(N, H*W)`` rows (for ``nn.dense``)
@@ -293,7 +307,13 @@ def prepare_images(images: np.ndarray, *, flatten: bool = False,
     ``True``) gives ``x / 255`` in [0, 1], ``"symmetric"`` gives ``(x - 127.5) / 127.5``
     in [-1, 1]. With neither, the array comes back unchanged (uint8)."""
     mode = _check_image_options(flatten, scale, "prepare_images")
-    x = images.reshape(len(images), -1) if flatten else images
+    images = np.asarray(images)
+    if images.ndim == 0:
+        raise ValueError("prepare_images: images must be an array of shape (N, H, W) (or "
+                         f"(N, ...)); got a scalar {images!r}")
+    if mode is not None:
+        _check_pixels(images)
+    x = images.reshape(len(images), int(np.prod(images.shape[1:]))) if flatten else images
     if mode == "unit":
         return x.astype(np.float32) / 255.0
     if mode == "symmetric":
@@ -314,10 +334,19 @@ def load_idx_dataset(dataset: DatasetSpec, data_dir: str | os.PathLike | None = 
     """
     _check_image_options(flatten, scale, f"load {dataset.name}")
     if data_dir is not None:
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"load {dataset.name}: data_dir must be a folder path (str or "
+                            f"Path), got {type(data_dir).__name__}")
         folder, download = Path(data_dir).expanduser(), False
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(f"load {dataset.name}: data_dir {folder} is a file, not a "
+                                     "folder; pass the folder that holds the four IDX files")
         why = ("funcnn only reads data_dir, never downloads into it; leave data_dir out "
                "to download into the cache instead")
     else:
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise TypeError(f"load {dataset.name}: cache_dir must be a folder path (str or "
+                            f"Path), got {type(cache_dir).__name__}")
         root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
         folder = root / dataset.name
         why = "the download failed: no network?" if download else "download=False"

@@ -25,6 +25,10 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
     checkpointed; it is part of the run's identity (hash).
     """
     _check_config_cls(config_cls, "main")
+    if argv is not None and (isinstance(argv, (str, bytes))
+                             or not all(isinstance(a, str) for a in argv)):
+        raise TypeError(f"main: argv must be a list of strings, e.g. ['--lr', '0.1'] (or None "
+                        f"for the command line); got {argv!r}")
     parser = build_parser(name, config_cls, description)
     args = vars(parser.parse_args(argv))
     field_names = {f.name for f in dataclasses.fields(config_cls)}
@@ -33,8 +37,11 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
     given = {k: _coerce(hints[k], v) for k, v in given.items()}
     try:
         config = config_cls(**given)
+        config_hash(name, config, args["seed"], checkpoint_every)  # storable (finite)
     except (TypeError, ValueError) as e:
         parser.error(f"bad configuration: {e}")
+    if not 0 <= args["repro_rtol"] < float("inf"):
+        parser.error(f"--repro-rtol must be a finite number >= 0, got {args['repro_rtol']}")
     command = [sys.executable, *sys.argv] if argv is None else [name, *argv]
     if args["check_repro"] is None:
         return execute(name, config, run_fn, seed=args["seed"], runs_dir=args["runs_dir"],

@@ -75,7 +75,14 @@ def _scalar_parser(tp: Any, optional: bool) -> Callable[[str], Any]:
             if low in ("false", "0", "no"):
                 return False
             raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
-    elif tp in (int, float, str, Path):
+    elif tp is float:
+        def parse(s: str) -> Any:
+            value = float(s)  # a ValueError reads "invalid float value" in argparse
+            if not np.isfinite(value):
+                raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}")
+            return value
+        parse.__name__ = "float"
+    elif tp in (int, str, Path):
         parse = tp
     else:
         raise TypeError(f"unsupported config field type {tp!r}; use int, float, str, bool, "
@@ -161,7 +168,11 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, (np.integer, np.floating, np.bool_)):
-        return value.item()
+        return _jsonable(value.item())
+    if isinstance(value, float) and not np.isfinite(value):
+        raise ValueError(f"config value {value!r} is not a finite number, and config.json "
+                         "(strict JSON, also hashed) cannot hold it; use a finite number, or "
+                         "None for 'no value'")
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     raise TypeError(f"config value {value!r} of type {type(value).__name__} cannot be stored "
@@ -170,7 +181,13 @@ def _jsonable(value: Any) -> Any:
 
 def config_to_json(config: Any) -> dict[str, Any]:
     """Every field of the config dataclass ``config`` as JSON values."""
-    return {f.name: _jsonable(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    out = {}
+    for f in dataclasses.fields(config):
+        try:
+            out[f.name] = _jsonable(getattr(config, f.name))
+        except (TypeError, ValueError) as e:
+            raise type(e)(f"config field {f.name}: {e}") from None
+    return out
 
 
 def config_from_json(config_cls: type, values: Mapping[str, Any]) -> Any:
@@ -181,7 +198,11 @@ def config_from_json(config_cls: type, values: Mapping[str, Any]) -> Any:
     if unknown:
         raise ExperimentError(f"recorded config has fields {unknown} that {config_cls.__name__} "
                               "lacks; the script changed since the run was recorded")
-    return config_cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+    try:
+        return config_cls(**{k: _coerce(hints[k], v) for k, v in values.items()})
+    except (TypeError, ValueError) as e:
+        raise ExperimentError(f"recorded config does not fit {config_cls.__name__}: {e}; the "
+                              "script changed since the run was recorded") from None
 
 
 def _is_hashed(f: dataclasses.Field) -> bool:
@@ -196,6 +217,9 @@ def _hashed_fields(config: Any) -> dict[str, Any]:
 
 def config_hash(name: str, config: Any, seed: int, checkpoint_every: int = 1) -> str:
     """12 hex digits of sha256 over the name, seed, ``checkpoint_every`` and hashed fields."""
+    for what, v in (("seed", seed), ("checkpoint_every", checkpoint_every)):
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise TypeError(f"config_hash: {what} must be an int, got {v!r}")
     body = {"name": name, "seed": int(seed), "checkpoint_every": int(checkpoint_every),
             "config": _hashed_fields(config)}
     text = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)

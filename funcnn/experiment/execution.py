@@ -26,7 +26,7 @@ from funcnn import train
 
 from .config import _hashed_fields, config_hash, config_to_json
 from .errors import ExperimentError
-from .files import (_clean_tmp, _environment, _lock, _now, _prepare, _read_json, _write_json,
+from .files import (_clean_tmp, _environment, _lock, _now, _prepare, _read_record, _write_json,
                     read_metrics)
 from .run import Run
 
@@ -90,21 +90,22 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
                   "checkpoint_every": checkpoint_every, "config": config_to_json(config),
                   "hashed_fields": sorted(_hashed_fields(config))}
         cfg_path = folder / "config.json"
-        if cfg_path.is_file():
-            old = _read_json(cfg_path)
+        old = _read_record(cfg_path) if cfg_path.is_file() else None
+        if old is not None:
             if old.get("config_hash") != run.hash:
                 raise ExperimentError(f"{cfg_path} records config hash {old.get('config_hash')!r}"
                                       f", not {run.hash!r}; this folder belongs to another run")
         _write_json(cfg_path, record)
         man_path = folder / "manifest.json"
         attempts = []
-        if man_path.is_file():
-            old = _read_json(man_path)
+        old = _read_record(man_path) if man_path.is_file() else None
+        if old is not None:
             last = {k: old.get(k) for k in ("started", "ended", "status", "error", "command",
                                             "resumed_from_epoch", "epochs_done")}
             if last["status"] == "running":
                 last["status"] = "killed (no end recorded)"
-            attempts = old.get("attempts", []) + [last]
+            earlier = old.get("attempts")
+            attempts = (earlier if isinstance(earlier, list) else []) + [last]
         manifest = {"name": name, "config_hash": run.hash, "seed": run.seed,
                     **_environment(),
                     "command": list(command) if command is not None else [sys.executable,
@@ -155,8 +156,14 @@ def execute(name: str, config: Any, run_fn: Callable[[Run], Any], *, seed: int =
                          f"name); got {name!r}")
     if not dataclasses.is_dataclass(config) or isinstance(config, type):
         raise TypeError(f"config must be a dataclass instance, got {config!r}")
+    if not callable(run_fn):
+        raise TypeError(f"run_fn must be a function taking the experiment.Run, got {run_fn!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if not -2**63 <= seed < 2**64:
+        raise ValueError(f"seed must fit in 64 bits (jax.random.key's range), got {seed}")
+    if not isinstance(runs_dir, (str, os.PathLike)):
+        raise TypeError(f"runs_dir must be a folder path (str or Path), got {runs_dir!r}")
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
             or checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be a positive int, got {checkpoint_every!r}")

@@ -16,6 +16,7 @@ import os
 import platform
 import secrets
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -52,36 +53,83 @@ def _read_json(path: Path) -> Any:
         raise ExperimentError(f"cannot read {path}: {e}") from None
 
 
+def _read_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path`` (config.json, manifest.json), or None when the file is
+    damaged (not JSON, or not an object): it is then renamed to ``<name>.damaged`` with
+    a warning, and the caller writes a new one. A file that cannot be read at all
+    (permissions) raises :class:`ExperimentError`."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ExperimentError(f"cannot read {path}: {e}") from None
+    except ValueError as e:  # not UTF-8
+        problem = str(e)
+    else:
+        try:
+            record = json.loads(text)
+            problem = "not a JSON object"
+        except ValueError as e:
+            record, problem = None, str(e)
+        if isinstance(record, dict):
+            return record
+    aside = path.with_name(path.name + ".damaged")
+    try:
+        path.replace(aside)
+    except OSError as e:
+        raise ExperimentError(f"{path} is damaged ({problem}) and cannot be moved aside: {e}; "
+                              "fix: delete it (funcnn writes a new one)") from None
+    print(f"warning: {path} is damaged ({problem}); moved it to {aside.name} and writing a "
+          "new one", file=sys.stderr)
+    return None
+
+
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The lines of a ``metrics.jsonl`` as dicts, in order; a torn last line is skipped."""
+    """The lines of a ``metrics.jsonl`` as dicts, in order; a torn last line is skipped.
+
+    A line that is not a metrics row (a JSON object with an int ``epoch``) followed by
+    more lines is damage, not a torn write: :class:`ExperimentError` names the line,
+    rather than every later epoch being dropped in silence.
+    """
     path = Path(path)
     if not path.is_file():
         return []
+    lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for i, line in enumerate(lines):
         try:
             row = json.loads(line)
         except ValueError:
-            break  # a line cut short by a crash: it and anything after are not trusted
-        if not isinstance(row, dict) or not isinstance(row.get("epoch"), int):
-            break
+            row = None
+        if not (isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                and not isinstance(row.get("epoch"), bool)):
+            if any(rest.strip() for rest in lines[i + 1:]):
+                raise ExperimentError(
+                    f"{path}: line {i + 1} of {len(lines)} is not a metrics row (a JSON object "
+                    f"with an int \"epoch\"): {line[:80]!r}; the file is damaged. Fix: repair "
+                    "or delete that line, or start the run over with --restart")
+            break  # a line cut short by a crash: it is not trusted
         rows.append(row)
     return rows
 
 
-def _metric_value(v: Any) -> Any:
+def _metric_value(v: Any, name: str = "value") -> Any:
     """A metric as a JSON number; NaN and inf (no value) become null."""
-    f = float(v)
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        raise TypeError(f"metric {name!r} must be a number (or a 0-d array); got {v!r} of "
+                        f"type {type(v).__name__}") from None
     return f if math.isfinite(f) else None
 
 
-def _log_value(v: Any) -> Any:
+def _log_value(v: Any, name: str = "value") -> Any:
     """A value for a metrics line: ints, strings and None as they are, else a metric."""
-    return v if isinstance(v, (int, str)) or v is None else _metric_value(v)
+    return v if isinstance(v, (int, str)) or v is None else _metric_value(v, name)
 
 
 def _result_value(v: Any) -> Any:
-    """A result as JSON: numbers (NaN/inf -> null), arrays as lists, else as config values."""
+    """A result as JSON: numbers (NaN/inf -> null), arrays and lists as lists, else as
+    config values."""
     if isinstance(v, (jax.Array, np.ndarray)):
         arr = np.asarray(v)
         if arr.ndim == 0:
@@ -89,6 +137,10 @@ def _result_value(v: Any) -> Any:
         return [_result_value(x) for x in arr]
     if isinstance(v, (float, np.floating)):
         return _metric_value(v)
+    if isinstance(v, (list, tuple)):
+        return [_result_value(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _result_value(x) for k, x in v.items()}
     return _jsonable(v)
 
 

@@ -7,6 +7,7 @@ result, and the final checkpoint's bytes are compared (``rtol=0``: exactly).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -116,16 +117,30 @@ def check_repro(run_dir: str | os.PathLike, config_cls: type, run_fn: Callable[[
     Every metric but the timings (:data:`TIMING_KEYS`), every result, and the final
     checkpoint's bytes are compared; ``rtol=0`` asks for exact equality.
     """
+    if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not 0 <= rtol < math.inf:
+        raise ValueError(f"check_repro: rtol must be a finite number >= 0 (0: bitwise), got "
+                         f"{rtol!r}")
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.json"
     if not cfg_path.is_file():
         raise ExperimentError(f"no recorded run in {run_dir} (no config.json); run the "
                               "experiment first, then --check-repro")
     record = _read_json(cfg_path)
+    need = {"name": str, "seed": int, "config_hash": str, "config": dict}
+    bad = (list(need) if not isinstance(record, dict) else
+           [k for k, t in need.items() if not isinstance(record.get(k), t)])
+    if bad:
+        raise ExperimentError(f"{cfg_path} is damaged or was not written by funcnn: "
+                              f"{', '.join(bad)} missing or of the wrong type. Fix: run the "
+                              "experiment again to record it, then --check-repro")
     config = config_from_json(config_cls, record["config"])
     if overrides:
         config = dataclasses.replace(config, **overrides)
-    checkpoint_every = int(record.get("checkpoint_every", 1))
+    checkpoint_every = record.get("checkpoint_every", 1)
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int) \
+            or checkpoint_every < 1:
+        raise ExperimentError(f"{cfg_path}: checkpoint_every is {checkpoint_every!r}, not a "
+                              "positive int; the file is damaged. Fix: run the experiment again")
     if config_hash(record["name"], config, record["seed"], checkpoint_every) \
             != record["config_hash"]:
         raise ExperimentError(f"the recorded config in {cfg_path} does not hash to its "

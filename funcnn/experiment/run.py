@@ -49,6 +49,8 @@ class Run:
 
     def __init__(self, name: str, config: Any, seed: int, folder: Path, *,
                  checkpoint_every: int = 1, keep: int = 3, verbose: bool = True):
+        if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
+            raise TypeError(f"Run: seed must be an int, got {seed!r}")
         self.name, self.config, self.seed, self.dir = name, config, int(seed), Path(folder)
         self.key = jax.random.key(self.seed)
         self.checkpoint_every, self.keep, self.verbose = checkpoint_every, keep, verbose
@@ -79,8 +81,11 @@ class Run:
     # -- metrics ---------------------------------------------------------------------------
     def log_metrics(self, epoch: int, metrics: Mapping[str, Any]) -> None:
         """Append one line ``{"epoch": epoch, **metrics}`` to ``metrics.jsonl`` (fsynced)."""
+        if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer)) \
+                or epoch < 0:
+            raise TypeError(f"log_metrics: epoch must be an int >= 0; got {epoch!r}")
         row = {"epoch": int(epoch)}
-        row.update({k: _log_value(v) for k, v in metrics.items()})
+        row.update(_row_values(metrics, "log_metrics"))
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
             f.flush()
@@ -102,7 +107,17 @@ class Run:
         """Record final results (e.g. ``test_accuracy=0.87``) in ``results.json``."""
         path = self.dir / "results.json"
         results = _read_json(path) if path.is_file() else {}
-        results.update({k: _result_value(v) for k, v in values.items()})
+        if not isinstance(results, dict):
+            raise ExperimentError(f"{path} holds {type(results).__name__}, not a JSON object of "
+                                  "results; it is damaged. Fix: delete it (log_result writes "
+                                  "a new one), or --restart")
+        for k, v in values.items():
+            try:
+                results[k] = _result_value(v)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"log_result: result {k}={v!r} cannot be stored in "
+                                f"results.json ({e}); pass numbers, strings, bools, arrays, "
+                                "or lists and dicts of them") from None
         _write_json(path, results)
 
     def _truncate_metrics(self, epoch: int) -> None:
@@ -181,6 +196,7 @@ class Run:
         step = _step_of(state)
         if step is not None:
             meta["step"] = step
+        self.checkpoint_dir.mkdir(exist_ok=True)  # a loop of one's own has not made it yet
         return checkpoint.save_step(self.checkpoint_dir, int(epoch), state, keep=self.keep,
                                     metadata=meta)
 
@@ -203,15 +219,15 @@ class Run:
         step = _step_of(state)
         steps_per_epoch = (None if step is None or self._last_step is None
                            else (step - self._last_step) // new)
-        extra = dict(self._epoch_metrics(state)) if self._epoch_metrics is not None else {}
+        extra = self._epoch_metrics(state) if self._epoch_metrics is not None else {}
         for i in range(start, done):
             epoch = self._fit_start + i + 1
             row: dict[str, Any] = {}
             if steps_per_epoch is not None:
                 row["step"] = self._last_step + (i - start + 1) * steps_per_epoch
-            row.update({k: _metric_value(v[i]) for k, v in history.metrics.items()})
+            row.update({k: _metric_value(v[i], k) for k, v in history.metrics.items()})
             if i == done - 1:
-                row.update({k: _log_value(v) for k, v in extra.items()})
+                row.update(_row_values(extra, "epoch_metrics"))
             row["epoch_s"] = round(per_epoch, 6)
             self.log_metrics(epoch, row)
             if self.verbose:
@@ -266,6 +282,11 @@ class Run:
             raise ValueError(f"Run.fit: epochs must be a positive int; got {epochs!r}")
         check_dataset(x, y)
         if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("Run.fit: validation_data must be a pair (x_val, y_val); got "
+                                f"{type(validation_data).__name__}"
+                                + (f" of length {len(validation_data)}"
+                                   if hasattr(validation_data, "__len__") else ""))
             check_dataset(*validation_data)
         state = self.resume_state(state)
         if self.epoch > epochs:
@@ -304,6 +325,23 @@ class Run:
             _write_atomic(self.path("diagnostics.md"),
                           f"# Diagnostics per layer: {self.name}\n\n{table}\n")
         return state, history
+
+
+def _row_values(metrics: Any, where: str) -> dict[str, Any]:
+    """``metrics`` as the values of a metrics line, or a clear error naming the bad one."""
+    if not isinstance(metrics, Mapping):
+        raise TypeError(f"{where}: expected a dict of metrics {{name: number}}; got "
+                        f"{type(metrics).__name__}")
+    row = {}
+    for k, v in metrics.items():
+        if not isinstance(k, str) or k == "epoch":
+            raise ValueError(f"{where}: metric names must be strings other than 'epoch'; "
+                             f"got {k!r}")
+        try:
+            row[k] = _log_value(v, k)
+        except TypeError as e:
+            raise TypeError(f"{where}: {e}") from None
+    return row
 
 
 def _is_key(x: Any) -> bool:

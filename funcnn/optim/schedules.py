@@ -32,6 +32,11 @@ class Schedule:
     hparams: dict[str, Any]
 
     def __call__(self, step: Any) -> Array:
+        kind = getattr(step, "dtype", None)
+        if step is None or isinstance(step, (str, bytes)) or kind is not None and not any(
+                jnp.issubdtype(kind, k) for k in (jnp.integer, jnp.floating, jnp.bool_)):
+            raise TypeError(f"a schedule takes the step count (an int or int array); got "
+                            f"{step!r}")
         dtype = jnp.asarray(0.0).dtype  # float64 when x64 is on, else float32
         h = {k: jnp.asarray(v, dtype=dtype) for k, v in self.hparams.items()}
         return self.rule(h, jnp.asarray(step, dtype=dtype))
@@ -161,7 +166,8 @@ def polynomial_schedule(init_value: float, end_value: float, power: float,
     ``t`` counts from ``transition_begin`` and stops at ``T = transition_steps``; as in
     optax, ``T <= 0`` gives the constant ``init_value``.
     """
-    return _make(_Polynomial(False), "polynomial_schedule", {}, init_value=init_value,
+    return _make(_Polynomial(False), "polynomial_schedule", {"power": AT_LEAST_0},
+                 init_value=init_value,
                  end_value=end_value, power=power, transition_steps=transition_steps,
                  transition_begin=transition_begin)
 
@@ -185,6 +191,8 @@ def exponential_decay(init_value: float, transition_steps: int, decay_rate: floa
     another order, so it is refused.
     """
     where = "exponential_decay"
+    if not isinstance(staircase, (bool, np.bool_)):
+        raise TypeError(f"{where}: staircase must be True or False; got {staircase!r}.")
     h = dict(init_value=init_value, transition_steps=transition_steps, decay_rate=decay_rate,
              transition_begin=transition_begin)
     rate = concrete(decay_rate, "decay_rate", where)
@@ -206,7 +214,8 @@ def cosine_decay_schedule(init_value: float, decay_steps: int, alpha: float = 0.
 
     ``T = decay_steps``; after T steps the value stays at ``alpha * init_value``.
     """
-    return _make(_cosine, "cosine_decay_schedule", {"decay_steps": POSITIVE, "alpha": UNIT},
+    return _make(_cosine, "cosine_decay_schedule",
+                 {"decay_steps": POSITIVE, "alpha": UNIT, "exponent": AT_LEAST_0},
                  init_value=init_value, decay_steps=decay_steps, alpha=alpha, exponent=exponent)
 
 
@@ -225,7 +234,8 @@ def warmup_cosine_decay_schedule(init_value: float, peak_value: float, warmup_st
         raise ValueError(f"{where}: decay_steps (the total, warmup included) must exceed "
                          f"warmup_steps, got decay_steps={decay_steps}, "
                          f"warmup_steps={warmup_steps}.")
-    return _make(_warmup_cosine, where, {}, init_value=init_value, peak_value=peak_value,
+    return _make(_warmup_cosine, where, {"warmup_steps": AT_LEAST_0, "exponent": AT_LEAST_0},
+                 init_value=init_value, peak_value=peak_value,
                  warmup_steps=warmup_steps, decay_steps=decay_steps, end_value=end_value,
                  exponent=exponent)
 
@@ -239,10 +249,14 @@ def piecewise_constant_schedule(init_value: float,
     0.5 more from step 2000 on. Scales must be >= 0.
     """
     where = "piecewise_constant_schedule"
-    items = sorted((boundaries_and_scales or {}).items())
     if not isinstance(boundaries_and_scales, (dict, type(None))):
         raise TypeError(f"{where}: boundaries_and_scales must be a dict {{step: scale}}, got "
-                        f"{type(boundaries_and_scales).__name__}.")
+                        f"{type(boundaries_and_scales).__name__}; e.g. {{1000: 0.1, 2000: 0.5}}.")
+    for b, sc in (boundaries_and_scales or {}).items():
+        if not _is_number(b) or not _is_number(sc):
+            raise TypeError(f"{where}: boundaries_and_scales maps step numbers to scales, "
+                            f"e.g. {{1000: 0.1}}; got the entry {b!r}: {sc!r}.")
+    items = sorted((boundaries_and_scales or {}).items())
     scales = np.asarray([s for _, s in items], dtype=np.float64)
     if np.any(scales < 0):
         raise ValueError(f"{where}: scales must be >= 0, got {scales.tolist()}.")
@@ -257,20 +271,61 @@ def join_schedules(schedules: Sequence[Schedule | Callable], boundaries: Sequenc
     The joined schedule keeps each piece's hyperparameters, named ``"i.name"``.
     """
     where = "join_schedules"
+    if isinstance(schedules, Schedule) or callable(schedules) or not isinstance(
+            schedules, Sequence):
+        raise TypeError(f"{where}: schedules must be a list of schedules, e.g. "
+                        f"[linear_schedule(0, 0.1, 100), constant_schedule(0.1)]; got "
+                        f"{type(schedules).__name__}.")
+    if isinstance(boundaries, (str, bytes)) or not hasattr(boundaries, "__len__"):
+        raise TypeError(f"{where}: boundaries must be a list of step numbers (one fewer than "
+                        f"the schedules), e.g. [100]; got {type(boundaries).__name__}.")
     pieces = [as_schedule(s, where) for s in schedules]
     if len(boundaries) != len(pieces) - 1:
         raise ValueError(f"{where}: need len(boundaries) == len(schedules) - 1, got "
                          f"{len(boundaries)} boundaries for {len(pieces)} schedules.")
+    if not all(_is_number(b) for b in boundaries):
+        raise TypeError(f"{where}: boundaries must be step numbers; got {list(boundaries)!r}.")
+    if np.any(np.diff(np.asarray(boundaries, dtype=np.float64)) < 0):
+        raise ValueError(f"{where}: boundaries must be in increasing order (schedule i runs "
+                         f"from boundaries[i-1] to boundaries[i]); got {list(boundaries)!r}.")
     h: dict[str, Any] = {f"{i}.{k}": v for i, p in enumerate(pieces) for k, v in p.hparams.items()}
     h["boundaries"] = np.asarray(boundaries, dtype=np.float64)
     return _make(_Join(tuple(p.rule for p in pieces)), where, {}, **h)
+
+
+def _is_number(v: Any) -> bool:
+    """A real number (int, float, or a 0-d numpy/jax array of one), not a bool or string."""
+    if isinstance(v, (bool, np.bool_, str, bytes)):
+        return False
+    dtype = getattr(v, "dtype", None)
+    if dtype is not None:
+        return np.ndim(v) == 0 and np.dtype(dtype).kind in "iuf"
+    return isinstance(v, (int, float))
 
 
 def as_schedule(value: Any, where: str) -> Schedule:
     """A ``Schedule`` as is; a plain ``step -> value`` callable wrapped (no hyperparameters)."""
     if isinstance(value, Schedule):
         return value
+    if any(value is c for c in _CONSTRUCTORS):  # e.g. optim.linear_schedule, not called
+        raise TypeError(f"{where}: got the function {value.__name__} itself; call it with its "
+                        f"arguments, e.g. {value.__name__}(...), to make the schedule.")
     if callable(value):
-        return Schedule(_Plain(value), {})
+        plain = Schedule(_Plain(value), {})
+        name = getattr(value, "__name__", value)
+        try:  # once, now: a function that cannot take a step fails here, not in a trace
+            v0 = concrete(plain(0), "value at step 0", where)
+        except Exception as e:  # noqa: BLE001 - any failure of the user's function
+            raise TypeError(f"{where}: a schedule function takes the step count and returns "
+                            f"the value, but {name!s}(0) raised {type(e).__name__}: {e}") from None
+        if v0 is not None and not np.all(np.isfinite(v0)):
+            raise ValueError(f"{where}: the schedule function {name!s} gives {v0} at step 0; "
+                             "it must give finite values.")
+        return plain
     raise TypeError(f"{where}: expected a schedule (e.g. optim.linear_schedule(...)) or a "
                     f"function of the step, got {type(value).__name__}.")
+
+
+_CONSTRUCTORS = (constant_schedule, inverse_time_decay, polynomial_schedule, linear_schedule,
+                 exponential_decay, cosine_decay_schedule, warmup_cosine_decay_schedule,
+                 piecewise_constant_schedule, join_schedules)

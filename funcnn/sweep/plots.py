@@ -80,6 +80,11 @@ def plot_heatmap(res: Any, metric: str = "accuracy", x: str | None = None,
                          f"x={x!r}, y={y!r}")
     _check_metric(res.history, metric, "plot_heatmap")
     xv, yv = dict(axes)[x], dict(axes)[y]
+    for name, v in ((x, xv), (y, yv)):
+        if len({np.asarray(a).tobytes() for a in v}) != len(v) or np.any(np.isnan(v)):
+            raise ValueError(f"plot_heatmap: the grid axis {name} holds repeated or NaN "
+                             f"values {_py(v)}, so configurations would share a cell; "
+                             "sweep distinct values")
     z = np.full((len(yv), len(xv)), np.nan)
     bad = np.zeros(z.shape, bool)
     final = res.final[metric]

@@ -76,14 +76,26 @@ class SweepResults:
         property: ``results.final["loss"]``)."""
         return _Final({k: v[:, -1] for k, v in self.history.items()})
 
+    def _index(self, i: Any, where: str) -> int:
+        """``i`` as an index into the configurations (negative counts from the end)."""
+        n = len(self)
+        if isinstance(i, (bool, np.bool_)) or not isinstance(i, (int, np.integer)):
+            raise TypeError(f"{where}: the configuration index must be an int; got {i!r}")
+        if not -n <= i < n:
+            raise IndexError(f"{where}: configuration {i} does not exist; this sweep has {n} "
+                             f"(indices 0 to {n - 1})")
+        return int(i) % n
+
     def config(self, i: int) -> dict[str, Any]:
         """Configuration ``i``'s values (seed included)."""
+        i = self._index(i, "config")
         return {k: _py(v[i]) for k, v in self.values.items()}
 
     def params_of(self, i: int) -> Any:
         """Configuration ``i``'s final weights."""
         if self.params is None:
             raise ValueError("params_of: the sweep ran with keep_params=False")
+        i = self._index(i, "params_of")  # a jax array would clamp an index out of range
         return jax.tree.map(lambda a: a[i], self.params)
 
     def rows(self) -> list[dict[str, Any]]:
@@ -121,6 +133,9 @@ class SweepResults:
 
     def summary(self, metric: str = "loss", top: int = 10, mode: str | None = None) -> str:
         """A Markdown table of the ``top`` configurations by ``metric``."""
+        if isinstance(top, (bool, np.bool_)) or not isinstance(top, (int, np.integer)) \
+                or top < 1:
+            raise ValueError(f"summary: top must be a positive int; got {top!r}")
         order = self.ranking(metric, mode)[:top]
         metrics = [m for m in self.history if m not in ("data_loss", "learning_rate")
                    and not is_diagnostic(m)]

@@ -11,6 +11,7 @@ import numpy as np
 
 from funcnn import diagnostics as diagnostics_lib
 from funcnn import nn, optim, train
+from funcnn.train.loop import check_penalty
 
 from ._common import _py
 from .checks import _check_names, _checked_columns, _factory_names, _unique_rows
@@ -75,10 +76,32 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ValueError(f"{where}: epochs must be a positive int; got {epochs!r}")
     n_configs = len(space)
-    dtype = jnp.dtype(dtype)
+    try:
+        dtype = jnp.dtype(dtype)
+    except TypeError as e:
+        raise TypeError(f"{where}: dtype must be a float dtype such as jnp.float32; got "
+                        f"{dtype!r} ({e})") from None
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"{where}: dtype is the weights' dtype and must be a float dtype such "
+                        f"as jnp.float32; got {dtype.name}")
     if input_shape is None:
         input_shape = tuple(np.shape(x)[1:])
+    if isinstance(input_shape, (str, bytes)) or not hasattr(input_shape, "__iter__") or not all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, (bool, np.bool_)) and d > 0
+            for d in input_shape):
+        raise TypeError(f"{where}: input_shape must be a tuple of positive ints, one example's "
+                        f"shape without the batch axis, e.g. (2,) or (28, 28, 1); got "
+                        f"{input_shape!r}")
     input_shape = tuple(int(d) for d in input_shape)
+    for flag, value in (("shuffle", shuffle), ("keep_params", keep_params)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise TypeError(f"{where}: {flag} must be True or False; got {value!r}")
+    if validation_data is not None and (not isinstance(validation_data, (tuple, list))
+                                        or len(validation_data) != 2):
+        raise TypeError(f"{where}: validation_data must be a pair (x_val, y_val); got "
+                        f"{type(validation_data).__name__}"
+                        + (f" of length {len(validation_data)}"
+                           if hasattr(validation_data, "__len__") else ""))
 
     # -- the model (or its factory), checked with the first configuration --------------
     if isinstance(model, nn.Layer):
@@ -158,6 +181,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
             if pen_names else "none"
         fixed = None
     elif isinstance(penalty, train.Penalty):
+        check_penalty(penalty, where, dtype)  # a negative l2 would reward large weights
         kind, fixed = "fixed", jax.tree.map(lambda c: jnp.asarray(c, dtype), penalty)
     else:
         kind, fixed = "factory", None
@@ -174,13 +198,19 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
     # -- how to run ---------------------------------------------------------------------
     if devices is None:
         devs = jax.devices()
-    elif isinstance(devices, (int, np.integer)):
+    elif isinstance(devices, (int, np.integer)) and not isinstance(devices, (bool, np.bool_)):
         if not 1 <= devices <= jax.device_count():
             raise ValueError(f"{where}: devices must be in [1, {jax.device_count()}] (the "
                              f"devices JAX has); got {devices}")
         devs = jax.devices()[:int(devices)]
     else:
+        if isinstance(devices, (str, bytes)) or not hasattr(devices, "__iter__"):
+            raise TypeError(f"{where}: devices must be a number of devices or a list of "
+                            f"jax devices (from jax.devices()); got {devices!r}")
         devs = list(devices)
+        if not devs or not all(isinstance(d, jax.Device) for d in devs):
+            raise TypeError(f"{where}: devices must be a non-empty list of jax devices (from "
+                            f"jax.devices()), or how many to use; got {devices!r}")
     strategy, chunk, note = _resolve_strategy(strategy, chunk_size, n_configs, devs)
     data = (fixed, xd, yd, val)
 

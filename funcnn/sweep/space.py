@@ -23,9 +23,9 @@ Array = jax.Array
 
 def _column(name: str, values: Any, where: str) -> np.ndarray:
     """``values`` as a numeric array with one entry per configuration (leading axis)."""
-    if isinstance(values, (str, bytes)) or isinstance(values, Mapping):
-        raise TypeError(f"{where}: {name} must be a sequence of numbers, e.g. "
-                        f"[0.001, 0.01]; got {values!r}")
+    if isinstance(values, (str, bytes, Mapping, set, frozenset)) or hasattr(values, "__next__"):
+        raise TypeError(f"{where}: {name} must be a sequence of numbers (a list or an array, "
+                        f"in order), e.g. [0.001, 0.01]; got {values!r}")
     try:
         arr = np.asarray(values)
     except ValueError as e:  # ragged lists
@@ -38,7 +38,8 @@ def _column(name: str, values: Any, where: str) -> np.ndarray:
     if arr.shape[0] == 0:
         raise ValueError(f"{where}: {name} has no values; give at least one, e.g. "
                          f"{name}=[0.01]")
-    if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+    if np.issubdtype(arr.dtype, np.complexfloating) or not (
+            np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
         raise TypeError(f"{where}: {name} must hold numbers; got dtype {arr.dtype} from "
                         f"{values!r}")
     return arr
@@ -145,9 +146,19 @@ def configs(rows: Sequence[Mapping[str, Any]]) -> Space:
         sweep.configs([{"learning_rate": 0.1, "decay": 0.0},
                        {"learning_rate": 0.01, "decay": 1e-3}])
     """
+    if isinstance(rows, Mapping):
+        raise TypeError("sweep.configs: expected a list of configuration dicts; got one dict. "
+                        "For columns of values use sweep.zipped(**columns), for one "
+                        "configuration sweep.configs([config])")
+    if isinstance(rows, (str, bytes)) or not hasattr(rows, "__iter__"):
+        raise TypeError(f"sweep.configs: expected a list of configuration dicts; got "
+                        f"{type(rows).__name__}")
     rows = list(rows)
     if not rows:
         raise ValueError("sweep.configs: empty list; give at least one configuration dict")
+    if not isinstance(rows[0], Mapping):
+        raise TypeError(f"sweep.configs: every configuration must be a dict of "
+                        f"{{name: value}}; configuration 0 is {rows[0]!r}")
     names = list(rows[0])
     for i, r in enumerate(rows):
         if not isinstance(r, Mapping) or set(r) != set(names):
@@ -179,8 +190,21 @@ class _Distribution:
         return np.asarray(self.values)[idx]
 
 
+def _bounds(low: Any, high: Any, where: str, integer: bool = False) -> None:
+    """Both bounds real numbers (ints for :func:`randint`), finite, or a clear error."""
+    for name, v in (("low", low), ("high", high)):
+        ok = (isinstance(v, (int, np.integer)) if integer else
+              isinstance(v, (int, float, np.integer, np.floating)))
+        if isinstance(v, (bool, np.bool_)) or not ok:
+            kind = "an int" if integer else "a number"
+            raise TypeError(f"{where}: {name} must be {kind}; got {v!r}")
+        if not integer and not math.isfinite(v):
+            raise ValueError(f"{where}: {name} must be finite; got {v!r}")
+
+
 def uniform(low: float, high: float) -> _Distribution:
     """Uniform on ``[low, high)``, for :func:`random`."""
+    _bounds(low, high, "sweep.uniform")
     if not low < high:
         raise ValueError(f"sweep.uniform: need low < high; got low={low}, high={high}")
     return _Distribution("uniform", float(low), float(high))
@@ -189,6 +213,7 @@ def uniform(low: float, high: float) -> _Distribution:
 def log_uniform(low: float, high: float) -> _Distribution:
     """Log-uniform on ``[low, high)`` (``exp`` of a uniform draw): the usual prior for
     learning rates and penalty strengths."""
+    _bounds(low, high, "sweep.log_uniform")
     if not 0 < low < high:
         raise ValueError(f"sweep.log_uniform: need 0 < low < high; got low={low}, high={high}")
     return _Distribution("log_uniform", float(low), float(high))
@@ -196,6 +221,11 @@ def log_uniform(low: float, high: float) -> _Distribution:
 
 def randint(low: int, high: int) -> _Distribution:
     """An integer in ``[low, high)``, e.g. ``seed=sweep.randint(0, 2**31 - 1)``."""
+    _bounds(low, high, "sweep.randint", integer=True)
+    info = np.iinfo(jax.dtypes.canonicalize_dtype(np.int64))  # int32 unless jax_enable_x64
+    if not (info.min <= low and high - 1 <= info.max):
+        raise ValueError(f"sweep.randint: low and high - 1 must lie in [{info.min}, "
+                         f"{info.max}] (jax's {info.dtype} draws); got low={low}, high={high}")
     if not int(low) < int(high):
         raise ValueError(f"sweep.randint: need low < high; got low={low}, high={high}")
     return _Distribution("randint", int(low), int(high))
@@ -216,13 +246,21 @@ def random(key: Array, n: int, **distributions: _Distribution | Sequence[Any]) -
         sweep.random(jax.random.key(0), 32, learning_rate=sweep.log_uniform(1e-4, 1e-1),
                      b1=sweep.uniform(0.8, 0.95))
     """
-    if not isinstance(n, (int, np.integer)) or n < 1:
+    if isinstance(n, (bool, np.bool_)) or not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"sweep.random: n must be a positive int; got {n!r}")
+    if not (isinstance(key, jax.Array) and (
+            jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key) and key.ndim == 0
+            or key.dtype == np.uint32 and key.shape == (2,))):
+        raise TypeError(f"sweep.random: key must be one jax.random.key; got {key!r}. Fix: "
+                        "sweep.random(jax.random.key(0), n, ...)")
     if not distributions:
         raise ValueError("sweep.random: no names given; e.g. learning_rate="
                          "sweep.log_uniform(1e-4, 1e-1)")
     cols = {}
     for i, (name, dist) in enumerate(distributions.items()):
+        if any(dist is f for f in (uniform, log_uniform, randint, choice)):
+            raise TypeError(f"sweep.random: {name}=sweep.{dist.__name__} is the function itself; "
+                            f"call it, e.g. {name}=sweep.{dist.__name__}(...)")
         if not isinstance(dist, _Distribution):
             dist = choice(dist)
         cols[name] = dist.sample(jax.random.fold_in(key, i), int(n))
