@@ -526,6 +526,7 @@ def test_unknown_keywords_name_the_optax_spelling(make, match):
     (lambda: O.join_schedules([O.constant_schedule(1.0)], [5]), r"len\(boundaries\)"),
     (lambda: O.inverse_time_decay(0.1, float("inf")), r"decay must be finite"),
     (lambda: O.MultiSteps(O.sgd(0.1), 0), r"every_k_schedule must be an int >= 1"),
+    (lambda: O.sgd(O.constant_schedule(-1.0)), r"learning rate at step 0 is -1.0, below 0"),
     (lambda: O.inject_hyperparams(O.adam, static_args="nope"), r"not keywords of adam"),
 ])
 def test_bad_values_raise_value_error(make, match):

@@ -31,9 +31,10 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from funcnn.optim.base import (AT_LEAST_0, FRACTION, Array, Optimizer, PyTree, Transform,
-                               tmap, transform, validate)
+                               concrete, tmap, transform, validate)
 from funcnn.optim.schedules import Schedule, as_schedule
 
 
@@ -111,6 +112,11 @@ def scale_by_learning_rate(learning_rate: float | Schedule | Callable | None, *,
         return identity()
     if isinstance(learning_rate, Schedule) or callable(learning_rate):
         s = as_schedule(learning_rate, where)
+        first = concrete(s(0), "learning_rate", where)  # as_schedule has called it once
+        if first is not None and np.any(first < 0):
+            raise ValueError(f"{where}: the schedule's learning rate at step 0 is {first}, "
+                             "below 0: that is gradient ascent. Fix: pass a schedule of "
+                             "values >= 0 (flip_sign=False is the way to a positive scale).")
         return transform(_ScaleBySchedule(s.rule, sign), s.hparams, {}, where)
     return transform(_ScaleByLearningRate(sign), {"learning_rate": learning_rate},
                      {"learning_rate": AT_LEAST_0}, where)
