@@ -12,6 +12,7 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.optim`: hand-written optimizers and schedules, optax-shaped.
 - :mod:`funcnn.diagnostics`: gradient-flow diagnostics (Nielsen ch. 5) recorded in ``fit``.
 - :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
+- :mod:`funcnn.parallel`: data parallelism over a device mesh (``fit(..., mesh=...)``).
 - :mod:`funcnn.sweep`: many configurations trained as one compiled program.
 - :mod:`funcnn.checkpoint`: save and load pytrees without pickle.
 - :mod:`funcnn.experiment`: run folders, manifests, metrics, resume, reproducibility.
@@ -19,9 +20,9 @@ Modules, in the order data flows through them:
 """
 
 from funcnn import (backprop, book, checkpoint, data, diagnostics, experiment, gradcheck, losses,
-                    metrics, nn, optim, sweep, train)
+                    metrics, nn, optim, parallel, sweep, train)
 
 __version__ = "0.1.0"
 __all__ = ["data", "nn", "metrics", "losses", "backprop", "gradcheck", "optim", "diagnostics",
-           "train",
+           "train", "parallel",
            "sweep", "checkpoint", "experiment", "book", "__version__"]

@@ -59,7 +59,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import metrics
+from funcnn import metrics, parallel
 from funcnn.metrics import (Metric, check_distributions, check_pred, check_same,
                             check_unit_interval, one_hot_targets, poison)
 from funcnn.nn import softmax_fn
@@ -222,6 +222,9 @@ def batch_mean(v: Array) -> Array:
     ``N * eps``; adding them in pairs, then pairs of pairs (as numpy does), keeps it near
     ``log2(N) * eps``. It costs ``log2(N)`` vector additions.
     """
+    # With the batch split over an Explicit mesh, gather the N values first (one small
+    # all-gather) so that the sum below runs in the same order as on one device.
+    v = parallel.unsharded(v)
     n = v.shape[0]
     size = 1 << max(n - 1, 0).bit_length()
     if size > n:

@@ -47,6 +47,9 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
     # "Convolutional networks": a conv net learns the bars
     assert scope["history6"]["accuracy"][-1] > 0.9
     assert "total" in capsys.readouterr().out
+    # "Scaling out": fit and evaluate on a mesh (of this process's one device)
+    h8 = scope["history8"]
+    assert h8["loss"][-1] < h8["loss"][0] and 0.0 <= h8["accuracy"][-1] <= 1.0
     # "Optimizers": funcnn's optimizers train Equinox and Flax NNX models; fit takes optax's
     if ran_interop:
         x, y = scope["x"], scope["y"]

@@ -54,6 +54,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from funcnn import parallel
 from funcnn.nn.dense import check_bias_init, make_bias, resolve_init
 from funcnn.nn.layer import Layer, explain_params_call
 
@@ -238,6 +239,9 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
 
     # The rule (derived in the module docstring): db sums dy over batch and positions;
     # dW is one matmul of the input's patches with dy, dx a canonical NHWC/HWIO convolution.
+    # dW and db sum over the batch, so with the batch split over devices their
+    # all-reduce is the data-parallel gradient all-reduce (see the dense rule); dW
+    # names its output sharding for Explicit meshes (funcnn.parallel).
     def backward_fn(params, tape, dy, key, train):
         x, _ = tape
         pads, _ = geometry(x.shape[1], x.shape[2])
@@ -282,9 +286,15 @@ def conv_weight_grad(x: Array, dy: Array, window: tuple[int, int], strides: tupl
     dy2 = dy.reshape(n * ho * wo, o)
     if c == 1:   # (kh*kw, N*Ho*Wo) is already the layout the matmul wants
         cols = jnp.stack([p.reshape(-1) for p in patches])
-        return (cols @ dy2).reshape(kh, kw, 1, o)
-    cols = jnp.stack(patches, axis=3).reshape(n * ho * wo, kh * kw * c)
-    return (cols.T @ dy2).reshape(kh, kw, c, o)
+        return parallel.batch_matmul(cols, dy2).reshape(kh, kw, 1, o)
+    cols = jnp.stack(patches, axis=3)
+    if parallel.sharded_in_type(cols):
+        # On an Explicit mesh JAX follows the batch's sharding through a reshape that
+        # merges one group of axes at a time: (N, Ho, Wo) into rows first.
+        cols = cols.reshape(n * ho * wo, kh * kw, c)
+    cols = cols.reshape(n * ho * wo, kh * kw * c)
+    # The contraction over N*Ho*Wo sums over the (possibly sharded) batch: all-reduced.
+    return parallel.batch_matmul(cols.T, dy2).reshape(kh, kw, c, o)
 
 
 def _conv_weight_grad_by_conv(x, dy, window, strides, pads):
@@ -297,8 +307,9 @@ def _conv_weight_grad_by_conv(x, dy, window, strides, pads):
     wp = (pads[1][0], (wo - 1) * strides[1] + kw - x.shape[2] - pads[1][0])
     xt = x.transpose(3, 1, 2, 0)                      # (C, H, W, N): channels as batch
     kernel = dy.transpose(1, 2, 0, 3)                 # (Ho, Wo, N, O): batch as input channels
-    g = lax.conv_general_dilated(xt, kernel, (1, 1), (hp, wp),
-                                 rhs_dilation=strides, dimension_numbers=_NHWC)
+    # The batch is the contracted feature axis here: on a mesh, summed over devices.
+    g = parallel.conv_general_dilated(xt, kernel, (1, 1), (hp, wp),
+                                      rhs_dilation=strides, dimension_numbers=_NHWC)
     return g.transpose(1, 2, 0, 3)                    # (kh, kw, C, O)
 
 

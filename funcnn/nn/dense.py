@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn import parallel
 from funcnn.nn.layer import Layer, check_batch, explain_params_call
 
 Array = jax.Array
@@ -232,9 +233,19 @@ def dense(features: int, *, init: str | Callable = "glorot",
     #   dL/dW_ij = sum_n x_ni dy_nj   -> dW = x^T dy
     #   dL/db_j  = sum_n dy_nj        -> db = column sums of dy
     #   dL/dx_ni = sum_j dy_nj W_ij   -> dx = dy W^T
+    # Data parallelism is the sum over n. With the batch split over devices
+    # (fit(..., mesh=...)), each device sums over its own examples, x_d^T dy_d and
+    # sum(dy_d, 0), and adding those partial sums across the devices (an all-reduce) IS
+    # the gradient all-reduce of data-parallel training: nothing else synchronises the
+    # replicas. On an Explicit mesh JAX will not guess where that sum should land
+    # (ShardingTypeError: the contracting dimension is sharded), so the rule says it:
+    # W's own sharding (replicated), which batch_matmul passes as out_sharding=. Without
+    # a mesh batch_matmul is x.T @ dy itself. (The column sum needs no such word: a
+    # reduction's result is unsharded. dx keeps the batch split: no communication.)
     def backward_fn(params, tape, dy, key, train):
         x, _ = tape
-        return Dense(w=x.T @ dy, b=jnp.sum(dy, axis=0)), dy @ params.w.T
+        dw = parallel.batch_matmul(x.T, dy, like=params.w)
+        return Dense(w=dw, b=jnp.sum(dy, axis=0)), dy @ params.w.T
 
     return Layer("dense", init_fn, apply_fn, backward_fn,
                  config={"features": features, "init": init, "bias_init": bias_init})

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import jax
 
+from funcnn import parallel
 from funcnn._checks import concrete
 from funcnn.nn.layer import Layer, NoParams, check_batch
 
@@ -14,9 +15,13 @@ Array = jax.Array
 __all__ = ["dropout", "dropout_mask"]
 
 
-def dropout_mask(key: Array, rate: float | Array, shape: Sequence[int]) -> Array:
-    """The keep-mask of inverted dropout: ``1/(1-rate)`` where kept, 0 where dropped."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, tuple(shape))
+def dropout_mask(key: Array, rate: float | Array, shape: Sequence[int], **sharding) -> Array:
+    """The keep-mask of inverted dropout: ``1/(1-rate)`` where kept, 0 where dropped.
+
+    ``sharding``: ``out_sharding=`` for ``jax.random.bernoulli`` (from
+    :func:`funcnn.parallel.sharded_like`), so that on an Explicit mesh each device draws
+    only its own examples' mask; the bits are the same as unsplit."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, tuple(shape), **sharding)
     return keep / (1.0 - rate)
 
 
@@ -48,7 +53,7 @@ def dropout(rate: float | Array) -> Layer:
         if key is None:
             raise ValueError("dropout: train=True needs a PRNG key: "
                              "model.apply(params, x, key=jax.random.key(...), train=True)")
-        m = dropout_mask(key, rate, x.shape).astype(x.dtype)
+        m = dropout_mask(key, rate, x.shape, **parallel.sharded_like(x)).astype(x.dtype)
         return x * m, m
 
     def apply_fn(params, x, key, train):

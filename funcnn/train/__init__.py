@@ -28,6 +28,11 @@ evaluates ``validation_data``) every 100, the last epoch partial if need be. Row
 their ``step``, ``epoch`` and wall ``time_s`` in ``history.clock``.
 ``drop_remainder=False`` trains on the smaller last batch of each epoch too.
 
+Data parallelism: ``fit(..., mesh=jax.make_mesh((n,), ("data",)))`` splits every
+minibatch over the mesh's ``"data"`` axis (``batch_axis=``) and replicates the
+parameters and optimizer state; ``evaluate`` and ``train_step`` take ``mesh=`` too
+(:mod:`funcnn.parallel`). The batch size must be a multiple of the axis's size.
+
 Layout: ``state`` (TrainState, Penalty, init_state), ``inputs`` (DeviceData,
 device_data, prepare_data), ``step`` (train_step, its gradient engines, evaluate),
 ``compiled`` (run_epochs, run_steps: the jitted programs), ``history`` (History)

@@ -14,6 +14,11 @@ epoch (a different few each epoch when shuffling).
 So where a run stops, in a chunk, a row or mid-epoch, changes nothing it computes:
 resume is bitwise, and ``steps = k * B`` trains exactly as ``epochs = k``.
 
+With a ``mesh`` (data parallelism, :mod:`funcnn.parallel`) the same batches are drawn
+from the data set (replicated on every device) and each is split over the mesh's batch
+axis inside ``train_step``; nothing else changes. Without one the programs are exactly
+those of a single device.
+
 ``run_epochs`` (what ``fit(epochs=...)`` and the sweeps run): one row of metrics per
 epoch; the order is drawn once at the start of each epoch. ``run_steps`` (what
 ``fit(steps=..., eval_every=...)`` runs): one row per ``row_steps`` updates, which may
@@ -31,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import nn, optim
+from funcnn import nn, optim, parallel
 from funcnn.data.batching import batches_per_epoch
 from funcnn.diagnostics import is_column as is_diagnostic
 from funcnn.diagnostics import update_ratios
@@ -77,7 +82,8 @@ def _stepper(*, guard: bool, **step_kw: Any) -> Callable:
 def _row(m: dict[str, Array], counts: Array | None, start: Any, state: TrainState,
          val: tuple[Array, Array] | None, *, penalty: Penalty | None, per_step: bool,
          diagnostics: tuple[str, ...], update: Callable, model: nn.Layer, loss: Callable,
-         metrics: tuple[Metric, ...]) -> dict[str, Array]:
+         metrics: tuple[Metric, ...], mesh: Any = None,
+         batch_axis: Any = parallel.DEFAULT_AXIS) -> dict[str, Array]:
     """One history row from the per-step metrics ``m`` of the row's updates.
 
     The loss and the metrics are means over the row's examples: with ``counts`` (each
@@ -103,7 +109,7 @@ def _row(m: dict[str, Array], counts: Array | None, start: Any, state: TrainStat
     out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
     if val is not None:
         v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss,
-                             metrics=metrics)
+                             metrics=metrics, mesh=mesh, batch_axis=batch_axis)
         out.update({f"val_{k}": v[k] for k in v})
     return out
 
@@ -122,7 +128,9 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
                update: Callable, engine: str, batch_size: int, shuffle: bool,
                epochs: int, guard: bool = False, metrics: tuple[Metric, ...] | None = None,
                diagnostics: tuple[str, ...] = (), per_step: bool = False,
-               drop_remainder: bool = True) -> tuple[TrainState, dict[str, Array]]:
+               drop_remainder: bool = True, mesh: jax.sharding.Mesh | None = None,
+               batch_axis: str | tuple[str, ...] = parallel.DEFAULT_AXIS,
+               ) -> tuple[TrainState, dict[str, Array]]:
     """``epochs`` epochs as one nested ``lax.scan`` (pure; ``fit`` jits it).
 
     Each epoch: a permutation of the examples drawn on device, then ``N // batch_size``
@@ -136,7 +144,9 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
     diagnostic and layer, shape ``(epochs, steps)`` when ``per_step``; ``update_ratio``
     once per epoch). With ``guard=True`` a step whose loss or new weights are not
     finite is rejected, and so are all steps after it: the state returned is the last
-    finite one, and ``bad_step`` says where it went wrong (-1: nowhere).
+    finite one, and ``bad_step`` says where it went wrong (-1: nowhere). ``mesh`` and
+    ``batch_axis``: data parallelism, as in :func:`~funcnn.train.train_step` (the
+    validation set split too).
     """
     metrics = metric_set(loss, metrics, "run_epochs")
     n = x.shape[0]
@@ -145,11 +155,13 @@ def run_epochs(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
     rest = n - full * batch_size if per_epoch > full else 0  # the smaller last batch
     full_batch = per_epoch == 1 and batch_size == n
     one = _stepper(guard=guard, model=model, loss=loss, update=update, engine=engine,
-                   penalty=penalty, metrics=metrics, diagnostics=diagnostics)
+                   penalty=penalty, metrics=metrics, diagnostics=diagnostics,
+                   mesh=mesh, batch_axis=batch_axis)
     counts = (None if not rest else
               jnp.asarray(np.array([batch_size] * full + [rest], np.int32)))
     summary = dict(penalty=penalty, per_step=per_step, diagnostics=diagnostics,
-                   update=update, model=model, loss=loss, metrics=metrics)
+                   update=update, model=model, loss=loss, metrics=metrics,
+                   mesh=mesh, batch_axis=batch_axis)
 
     def epoch(carry, _):
         state = carry[0]
@@ -179,7 +191,9 @@ def run_steps(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
               update: Callable, engine: str, batch_size: int, shuffle: bool, rows: int,
               row_steps: int, guard: bool = False, metrics: tuple[Metric, ...] | None = None,
               diagnostics: tuple[str, ...] = (), per_step: bool = False,
-              drop_remainder: bool = True) -> tuple[TrainState, dict[str, Array]]:
+              drop_remainder: bool = True, mesh: jax.sharding.Mesh | None = None,
+              batch_axis: str | tuple[str, ...] = parallel.DEFAULT_AXIS,
+              ) -> tuple[TrainState, dict[str, Array]]:
     """``rows * row_steps`` updates as one nested ``lax.scan``, one row of metrics per
     ``row_steps`` of them (pure; ``fit(steps=...)`` jits it).
 
@@ -196,9 +210,11 @@ def run_steps(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
     rest = n - full * batch_size if per_epoch > full else 0
     full_batch = per_epoch == 1 and batch_size == n
     one = _stepper(guard=guard, model=model, loss=loss, update=update, engine=engine,
-                   penalty=penalty, metrics=metrics, diagnostics=diagnostics)
+                   penalty=penalty, metrics=metrics, diagnostics=diagnostics,
+                   mesh=mesh, batch_axis=batch_axis)
     summary = dict(penalty=penalty, per_step=per_step, diagnostics=diagnostics,
-                   update=update, model=model, loss=loss, metrics=metrics)
+                   update=update, model=model, loss=loss, metrics=metrics,
+                   mesh=mesh, batch_axis=batch_axis)
     key = state.key  # fixed for the run
     # The order in hand and the epoch it belongs to: a step of another epoch draws its
     # own (under lax.cond, so only then). -1 at first: the first step draws, wherever
@@ -243,6 +259,6 @@ def run_steps(state: TrainState, x: Array, y: Array, penalty: Penalty | None,
 
 
 _STATIC = ("model", "loss", "update", "engine", "batch_size", "shuffle", "guard", "metrics",
-           "diagnostics", "per_step", "drop_remainder")
+           "diagnostics", "per_step", "drop_remainder", "mesh", "batch_axis")
 _run_epochs = jax.jit(run_epochs, static_argnames=_STATIC + ("epochs",))
 _run_steps = jax.jit(run_steps, static_argnames=_STATIC + ("rows", "row_steps"))

@@ -3,6 +3,7 @@ logging, divergence), around the compiled programs of :mod:`funcnn.train.compile
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import sys
@@ -14,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import nn, optim
+from funcnn import nn, optim, parallel
 from funcnn._checks import concrete
 from funcnn.data.batching import batches_per_epoch
 from funcnn.diagnostics import check_model, check_names
@@ -111,6 +112,28 @@ def _check_length(epochs: Any, steps: Any, eval_every: Any,
                          f"{_STEPS_PER_CALL} steps a call)")
 
 
+def _check_split(mesh: Any, batch_axis: Any, n: int, batch_size: int | None,
+                 per_epoch: int, val: tuple[Array, Array] | None) -> None:
+    """With a mesh, every batch split over its batch axis must divide evenly: the
+    minibatch (``batch_size``; None: the whole set), the smaller last one
+    (``drop_remainder=False``) and the validation set. Checked before anything runs."""
+    if batch_size is None:
+        parallel.check_divisible(n, mesh, batch_axis, "the training set as one batch "
+                                 "(no batch_size given)", "fit", "or pass a batch_size")
+        return
+    parallel.check_divisible(batch_size, mesh, batch_axis, "batch_size", "fit")
+    full = n // batch_size
+    if per_epoch > full and n - full * batch_size:
+        parallel.check_divisible(
+            n - full * batch_size, mesh, batch_axis,
+            "the smaller last batch of each epoch with drop_remainder=False", "fit",
+            f"or keep drop_remainder=True ({n} examples in batches of {batch_size} leave "
+            f"{n - full * batch_size} over)")
+    if val is not None:
+        parallel.check_divisible(val[0].shape[0], mesh, batch_axis, "the validation set",
+                                 "fit", "trim it, or evaluate it after fit without a mesh")
+
+
 def _calls(*, epochs: int | None, steps: int | None, eval_every: int, per_epoch: int,
            epochs_per_call: int | None, config: dict[str, Any]
            ) -> Iterator[tuple[Callable, int, int]]:
@@ -147,6 +170,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         shuffle: bool = True, log_every: int | None = None, progress: bool | None = None,
         epochs_per_call: int | None = None,
         on_chunk: Callable[[TrainState, History], None] | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        batch_axis: str | tuple[str, ...] = parallel.DEFAULT_AXIS,
         ) -> tuple[TrainState, History]:
     """Trains for ``epochs`` epochs (or ``steps`` updates) of minibatches; returns the
     final state and the history.
@@ -193,6 +218,16 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
       epochs_per_call: epochs compiled into one call (default: enough for ~2048 steps).
         Only with ``epochs``: with ``steps`` each call holds whole rows, ~2048 steps.
       on_chunk: called with ``(state, history)`` after each compiled call (checkpoints).
+      mesh: data parallelism (:mod:`funcnn.parallel`): a ``jax.sharding.Mesh``, e.g.
+        ``jax.make_mesh((jax.device_count(),), ("data",))``, Explicit or Auto. Every
+        minibatch is split over its axis ``batch_axis``; the parameters, the optimizer
+        state and the data set are replicated on its devices, and the state returned
+        stays there. The batches, shuffles and keys are those of a run without a mesh,
+        so the result equals it to float rounding (the sums over the batch add in
+        another order). ``batch_size`` (and with ``drop_remainder=False`` the last
+        smaller batch, and the validation set) must be a multiple of the axis's size:
+        a ValueError before training otherwise. Default None: one device, as before.
+      batch_axis: the mesh axis (or a tuple of axes) to split the batch over.
 
     The history (:class:`History`) also keeps each row's ``step``, ``epoch`` and wall
     ``time_s`` in ``history.clock``: the seconds of each compiled call, measured on the
@@ -206,6 +241,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         carries the last finite state.
     """
     _check_length(epochs, steps, eval_every, epochs_per_call)
+    if mesh is not None:
+        batch_axis = parallel.check_mesh(mesh, batch_axis, "fit")
     if not isinstance(drop_remainder, (bool, np.bool_)):
         raise TypeError(f"fit: drop_remainder must be True or False; got {drop_remainder!r}")
     drop_remainder = bool(drop_remainder)
@@ -235,6 +272,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
                          "(train.init_state) or load an earlier checkpoint.")
     check_loss_domain(model, loss, state.params, xd, yd, "fit")
     n = xd.shape[0]
+    whole_set = batch_size is None
     batch_size = n if batch_size is None else batch_size
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
             not 1 <= batch_size <= n:
@@ -246,9 +284,12 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         val = prepare_data(model, loss, state.params, *validation_data) \
             if not isinstance(validation_data, DeviceData) else \
             prepare_data(model, loss, state.params, validation_data, None)
+        check_loss_domain(model, loss, state.params, *val, "fit (validation_data)")
     if penalty is not None:
         penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
     per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
+    if mesh is not None:
+        _check_split(mesh, batch_axis, n, None if whole_set else batch_size, per_epoch, val)
     total = epochs * per_epoch if epochs is not None else steps
     if steps is not None and eval_every is None:
         eval_every = min(steps, per_epoch)
@@ -259,6 +300,8 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
                   batch_size=batch_size, shuffle=shuffle, metrics=chosen,
                   diagnostics=diag_names, per_step=every is not None,
                   drop_remainder=drop_remainder)
+    if mesh is not None:
+        config.update(mesh=mesh, batch_axis=batch_axis)
     names = tuple(m.name for m in chosen)
     history = History()
     bar = _progress_bar(epochs if epochs is not None else steps, progress,
@@ -266,6 +309,13 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
     step0 = int(state.step)  # updates already applied, when resuming
     done = 0  # updates applied by this call
     rows_done = 0
+    if mesh is not None:  # data parallel: the state and the data on every device
+        xd, yd, state, penalty = parallel.replicate((xd, yd, state, penalty), mesh)
+        if val is not None:
+            val = parallel.shard_batch(tuple(val), mesh, batch_axis)
+    # A mesh's programs trace under it (jax.set_mesh); closed in the finally below.
+    mesh_scope = contextlib.ExitStack()
+    mesh_scope.enter_context(parallel.mesh_context(mesh))
     try:
         for run, k, row_steps in _calls(epochs=epochs, steps=steps, eval_every=eval_every,
                                         per_epoch=per_epoch, epochs_per_call=epochs_per_call,
@@ -307,6 +357,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
             if on_chunk is not None:
                 on_chunk(state, history)
     finally:
+        mesh_scope.close()
         if bar is not None:
             bar.close()
     return state, history
