@@ -419,8 +419,6 @@ NARROWING = textwrap.dedent("""
 def test_load_refuses_to_narrow_with_x64_off(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "JAX_ENABLE_X64"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_DISABLE_MOST_OPTIMIZATIONS"] = str(int(jax.config.read(  # as tests/conftest.py
-        "jax_disable_most_optimizations")))
     out = subprocess.run([sys.executable, "-c", NARROWING, str(tmp_path / "n.npz")], env=env,
                          capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr

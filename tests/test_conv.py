@@ -1,6 +1,15 @@
 """Convolution, pooling and layer norm: hand rules against jax.grad and finite
 differences over many geometries, ties in max-pooling, conv nets through fit and sweep
-under both engines, and the errors a user meets with badly shaped images."""
+under both engines, and the errors a user meets with badly shaped images.
+
+Cost: XLA compiles dominate, so each geometry is checked by one backprop.check call
+(hand rule vs jax.vjp and vs finite differences, one compiled program) in eval mode only
+(these layers ignore ``train``; both modes of each are checked in test_backprop), and
+random conv nets compare hand and jax.grad gradients in one jitted program each rather
+than training twice."""
+
+import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -20,13 +29,20 @@ def _close(a, b, rtol=1e-10):
         np.testing.assert_allclose(u, v, rtol=rtol, atol=rtol * scale)
 
 
-def _rule_vs_vjp(layer, params, x, seed=0):
-    """The hand rule and jax.vjp of apply, for one random dy."""
-    y, tape = backprop.forward(layer, params, x, None, False)
-    dy = jax.random.normal(jax.random.key(seed + 1), y.shape, F64)
+@functools.partial(jax.jit, static_argnums=0)
+def _rule_and_vjp(layer, params, x, dy):
+    """The hand rule and jax.vjp of apply for output gradient ``dy``, in one program."""
+    _, tape = backprop.forward(layer, params, x, None, False)
     hand = backprop.backward(layer, params, tape, dy, None, False)
     _, vjp = jax.vjp(lambda p, xx: layer.apply(p, xx), params, x)
     return hand, vjp(dy)
+
+
+def _check(layer, **kw):
+    """backprop.check in eval mode; it must have compared finite differences too."""
+    result = backprop.check(layer, train=False, **kw)
+    assert result.vjp_error <= 1e-10 and result.fd_points > 0 and result.kinks_skipped == 0
+    return result
 
 
 # (input H, W, C), features, kernel, stride, padding
@@ -44,12 +60,9 @@ GEOMETRIES = [
 
 @pytest.mark.parametrize("shape,features,kernel,stride,padding", GEOMETRIES)
 def test_conv_rule_equals_jax_grad(shape, features, kernel, stride, padding):
+    """dW, db and dx against jax.vjp (1e-10) and finite differences on every element."""
     layer = nn.conv2d(features, kernel, stride, padding, bias_init="normal")
-    params = layer.init(jax.random.key(0), shape, F64)
-    x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
-    hand, auto = _rule_vs_vjp(layer, params, x)
-    _close(hand, auto)
-    backprop.check(layer, input_shape=shape, batch_size=2, seed=3)
+    _check(layer, input_shape=shape, batch_size=2, seed=3)
 
 
 @pytest.mark.parametrize("shape,features,kernel,stride,padding", GEOMETRIES)
@@ -58,13 +71,15 @@ def test_weight_gradient_im2col_equals_convolution_form(shape, features, kernel,
     """dW is computed by im2col unless the patches are large; both forms agree."""
     from funcnn.nn import conv
     layer = nn.conv2d(features, kernel, stride, padding)
-    params = layer.init(jax.random.key(0), shape, F64)
     x = jax.random.normal(jax.random.key(1), (3, *shape), F64)
-    dy = jax.random.normal(jax.random.key(2), layer.apply(params, x).shape, F64)
+    out_shape = layer.output_shape(shape)
+    dy = jax.random.normal(jax.random.key(2), (3, *out_shape), F64)
     window, strides = conv.pair(kernel, "", ""), conv.pair(stride, "", "")
     pads = conv.conv_padding(padding, shape[:2], window, strides, "")
-    a = conv.conv_weight_grad(x, dy, window, strides, pads)
-    b = conv._conv_weight_grad_by_conv(x, dy, window, strides, pads)
+    a, b = jax.jit(lambda x, dy: (conv.conv_weight_grad(x, dy, window, strides, pads),
+                                  conv._conv_weight_grad_by_conv(x, dy, window, strides,
+                                                                 pads)))(x, dy)
+    assert a.shape == window + (shape[2], features)
     np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -76,11 +91,8 @@ POOLS = [(nn.max_pool, (6, 6, 2), 2, 2, "VALID"), (nn.max_pool, (7, 5, 1), 3, 2,
 
 @pytest.mark.parametrize("pool,shape,window,stride,padding", POOLS)
 def test_pool_rules_equal_jax_grad(pool, shape, window, stride, padding):
-    layer = pool(window, stride, padding)
-    x = jax.random.normal(jax.random.key(2), (2, *shape), F64)
-    hand, auto = _rule_vs_vjp(layer, nn.NoParams(), x)
-    _close(hand, auto)
-    backprop.check(layer, input_shape=shape, batch_size=2, seed=4)
+    """dx against jax.vjp (1e-10) and finite differences on every element."""
+    _check(pool(window, stride, padding), input_shape=shape, batch_size=2, seed=4)
 
 
 @pytest.mark.parametrize("window,stride", [(2, 2), (3, 1), (2, 1), ((3, 2), (2, 1))])
@@ -91,16 +103,18 @@ def test_max_pool_ties_go_to_the_first_maximum(window, stride):
     x = jax.random.randint(k1, (3, 7, 6, 2), -2, 2).astype(F64)   # many equal values
     x = x.at[0].set(0.0)                                          # whole windows tie
     layer = nn.max_pool(window, stride)
-    (_, dx), (_, auto_dx) = _rule_vs_vjp(layer, nn.NoParams(), x)
+    y_shape = (3, *layer.output_shape(x.shape[1:]))
+    dy = jax.random.normal(jax.random.key(6), y_shape, F64)
+    (_, dx), (_, auto_dx) = _rule_and_vjp(layer, nn.NoParams(), x, dy)
     np.testing.assert_allclose(dx, auto_dx, rtol=1e-14, atol=1e-15)  # summation order only
     # In the all-zero example each window's gradient sits at its top-left element.
-    y, tape = backprop.forward(layer, nn.NoParams(), x, None, False)
-    dy = jnp.ones(y.shape, F64)
-    _, dx = backprop.backward(layer, nn.NoParams(), tape, dy, None, False)
+    dy = jnp.ones(y_shape, F64)
+    (_, dx), (_, auto_dx) = _rule_and_vjp(layer, nn.NoParams(), x, dy)  # same program
+    np.testing.assert_allclose(dx, auto_dx, rtol=1e-14, atol=1e-15)
     sh, sw = nn.conv.pair(stride, "", "")
     expect = np.zeros(x.shape[1:3])
-    for i in range(y.shape[1]):
-        for j in range(y.shape[2]):
+    for i in range(y_shape[1]):
+        for j in range(y_shape[2]):
             expect[i * sh, j * sw] += 1
     np.testing.assert_array_equal(dx[0, :, :, 0], expect)
     np.testing.assert_allclose(jnp.sum(dx), jnp.sum(dy))   # no gradient lost or doubled
@@ -112,9 +126,7 @@ def test_layer_norm_rule(shape):
     params = nn.LayerNorm(jax.random.normal(jax.random.key(0), shape[-1:], F64),
                           jax.random.normal(jax.random.key(1), shape[-1:], F64))
     x = 3.0 + 2.0 * jax.random.normal(jax.random.key(2), (3, *shape), F64)
-    hand, auto = _rule_vs_vjp(layer, params, x)
-    _close(hand, auto)
-    backprop.check(layer, x, params=params)
+    _check(layer, x=x, params=params)  # jax.vjp and finite differences, every element
 
 
 def test_layer_norm_normalises():
@@ -130,13 +142,20 @@ def test_one_by_one_conv_equals_dense():
     dense = nn.dense(4)
     dp = nn.Dense(cp.w[0, 0], cp.b)
     x = jax.random.normal(jax.random.key(1), (2, 3, 5, 2), F64)
-    y_conv = conv.apply(cp, x)
-    np.testing.assert_allclose(y_conv, dense.apply(dp, x.reshape(-1, 2)).reshape(y_conv.shape),
-                               rtol=1e-13)
+    dy = jax.random.normal(jax.random.key(2), (2, 3, 5, 4), F64)
+
+    @jax.jit  # one program, not one per op
+    def both(cp, dp, x, dy):
+        y_conv = conv.apply(cp, x)
+        y_dense = dense.apply(dp, x.reshape(-1, 2)).reshape(y_conv.shape)
+        dcp, dx_c = conv.backward_fn(cp, (x, y_conv), dy, None, False)
+        ddp, dx_d = dense.backward_fn(dp, (x.reshape(-1, 2), None), dy.reshape(-1, 4), None,
+                                      False)
+        return y_conv, y_dense, dcp, dx_c, ddp, dx_d
+
+    y_conv, y_dense, dcp, dx_c, ddp, dx_d = both(cp, dp, x, dy)
+    np.testing.assert_allclose(y_conv, y_dense, rtol=1e-13)
     # ... and so are their gradients: the conv rule reduces to the dense one.
-    dy = jax.random.normal(jax.random.key(2), y_conv.shape, F64)
-    dcp, dx_c = conv.backward_fn(cp, (x, y_conv), dy, None, False)
-    ddp, dx_d = dense.backward_fn(dp, (x.reshape(-1, 2), None), dy.reshape(-1, 4), None, False)
     np.testing.assert_allclose(dcp.w[0, 0], ddp.w, rtol=1e-13)
     np.testing.assert_allclose(dcp.b, ddp.b, rtol=1e-13)
     np.testing.assert_allclose(dx_c.reshape(-1, 2), dx_d, rtol=1e-13)
@@ -161,44 +180,57 @@ def _conv_net(features, kernel, stride, pool, act):
     return nn.serial(*layers, nn.layer_norm(), nn.flatten(), nn.dense(3))
 
 
-@settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# Each example compiles one program holding both gradients (a quarter of what training
+# under both engines compiles); fit runs a conv net under both engines in the next test.
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(features=st.integers(1, 4), kernel=st.integers(1, 3), stride=st.integers(1, 2),
        pool=st.sampled_from(["max", "avg", "none"]),
        act=st.sampled_from(["relu", "sigmoid", "tanh"]), channels=st.sampled_from([1, 3]),
        seed=st.integers(0, 2**16))
-def test_random_conv_nets_train_the_same_under_both_engines(features, kernel, stride, pool,
-                                                           act, channels, seed):
+def test_random_conv_nets_hand_gradient_equals_jax_grad(features, kernel, stride, pool, act,
+                                                        channels, seed):
+    """Random conv nets (conv, activation, pooling, layer norm, dense) with the
+    softmax cross-entropy: the hand engine's loss and gradients equal jax.grad's."""
     model = _conv_net(features, kernel, stride, pool, act)
     rng = np.random.default_rng(seed)
-    x = rng.normal(size=(12, 6, 5, channels))
-    y = rng.integers(0, 3, size=12)
-    opt = optim.sgd(0.1)
-    state = train.init_state(model, opt, jax.random.key(seed), x.shape[1:], dtype=F64)
-    runs = [train.fit(model, losses.softmax_cross_entropy, opt, state, x, y, epochs=2,
-                      batch_size=4, engine=e, progress=False) for e in ("backprop", "jax")]
-    (s1, h1), (s2, h2) = runs
-    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
-    _close(s1.params, s2.params, rtol=1e-9)
+    x = jnp.asarray(rng.normal(size=(4, 6, 5, channels)))
+    y = jnp.asarray(rng.integers(0, 3, size=4))
+    params = model.init(jax.random.key(seed), (6, 5, channels), F64)
+    loss = losses.softmax_cross_entropy
+    hand_vg = backprop.value_and_grad(model, loss)
+    both = jax.jit(lambda p: (hand_vg(p, x, y),
+                              jax.value_and_grad(lambda q: loss(model.apply(q, x), y))(p)))
+    (value, hand), (auto_value, auto) = both(params)
+    np.testing.assert_allclose(value, auto_value, rtol=1e-13)
+    _close(hand, auto)
 
 
-def test_conv_sweep_equals_fit():
-    """A sweep of a conv model (the CPU default: a loop, never vmapped convolutions)
-    gives each configuration what fit gives it."""
-    model = nn.serial(nn.conv2d(3, 3), nn.relu(), nn.max_pool(2, 2), nn.flatten(), nn.dense(2))
+def test_conv_nets_through_fit_under_both_engines_and_sweep():
+    """A conv net (conv, ReLU, max-pool, layer norm, dense) trains the same under both
+    engines; a sweep of it (the CPU default: a loop, never vmapped convolutions) gives
+    each configuration what fit gives it."""
+    model = _conv_net(3, 3, 2, "max", "relu")
     rng = np.random.default_rng(0)
-    x, y = rng.normal(size=(16, 6, 6, 1)), rng.integers(0, 2, size=16)
-    space = sweep.grid(learning_rate=[0.05, 0.2])
-    res = sweep.run(model, losses.softmax_cross_entropy, optim.sgd(0.1), x, y, space,
-                    epochs=2, batch_size=8, dtype=F64)
+    x, y = rng.normal(size=(12, 6, 5, 3)), rng.integers(0, 3, size=12)
+    sce = losses.softmax_cross_entropy
+    lrs = [0.05, 0.2]
+    opt = optim.sgd(0.1)  # one optimizer, its learning rate set in the state: fit compiles
+    res = sweep.run(model, sce, opt, x, y, sweep.grid(learning_rate=lrs),  # once per engine
+                    epochs=2, batch_size=4, dtype=F64)
     if jax.default_backend() == "cpu":
         assert res.strategy != "vmap"
-    for i, lr in enumerate([0.05, 0.2]):
-        opt = optim.sgd(lr)
-        state = train.init_state(model, opt, jax.random.key(0), (6, 6, 1), dtype=F64)
-        state, hist = train.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
-                                epochs=2, batch_size=8, progress=False)
-        np.testing.assert_allclose(res.history["loss"][i], hist["loss"], rtol=1e-9)
-        _close(res.params_of(i), state.params, rtol=1e-9)
+    state0 = train.init_state(model, opt, jax.random.key(0), x.shape[1:], dtype=F64)
+    for i, lr in enumerate(lrs):
+        state = dataclasses.replace(state0, opt_state=optim.set_hyperparams(
+            state0.opt_state, learning_rate=jnp.asarray(lr, F64)))
+        s1, h1 = train.fit(model, sce, opt, state, x, y, epochs=2, batch_size=4,
+                           progress=False)
+        np.testing.assert_allclose(res.history["loss"][i], h1["loss"], rtol=1e-9)
+        _close(res.params_of(i), s1.params, rtol=1e-9)
+    s2, h2 = train.fit(model, sce, opt, state, x, y, epochs=2, batch_size=4, engine="jax",
+                       progress=False)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
+    _close(s1.params, s2.params, rtol=1e-9)
 
 
 # ---- bad input --------------------------------------------------------------------------
@@ -295,9 +327,9 @@ def test_nielsen_conv_script_pieces(tmp_path, monkeypatch):
 
     model, _, _ = nc.book.network3("basic_conv")
     params = model.init(jax.random.key(0), (28, 28, 1))
-    xv, yv = fake(1003)
+    xv, yv = fake(11)  # two whole chunks of 4 and a remainder of 3
     want = int(np.sum(np.argmax(model.apply(params, xv), 1) == yv))
-    assert int(nc.counter(model, chunk=500)(params, xv, yv)) == want
+    assert int(nc.counter(model, chunk=4)(params, xv, yv)) == want
 
     monkeypatch.setattr(nc, "load", lambda cfg: (fake(40), fake(30), fake(20)))
     cfg = nc.Config(network="basic_conv", epochs=2, train_size=40)

@@ -352,9 +352,12 @@ ARG_WORDS = {"pred": r"pred", "target": r"target|label", "label": r"label",
              "shape": r"shape", "empty batch": r"empty batch"}
 
 
+# Batch sizes 0 (empty), 1 and 3; 1 to 3 columns (one column is accuracy's binary case):
+# few distinct shapes, so the eagerly run functions compile few times for all examples.
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(name=st.sampled_from(sorted(FUNCS)), pred_kind=st.sampled_from(PRED_KINDS),
-       target_kind=st.sampled_from(TARGET_KINDS), n=st.integers(0, 4), c=st.integers(1, 4),
+       target_kind=st.sampled_from(TARGET_KINDS), n=st.sampled_from([0, 1, 3]),
+       c=st.integers(1, 3),
        dtype=st.sampled_from([jnp.float32, jnp.float64]), seed=st.integers(0, 2**16))
 def test_random_inputs_give_a_correct_value_or_name_the_argument(
         name, pred_kind, target_kind, n, c, dtype, seed):

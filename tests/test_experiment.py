@@ -8,6 +8,7 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -43,6 +44,16 @@ class Config:
     note: str | None = experiment.option(None, help="not hashed", hashed=False)
 
 
+@functools.lru_cache(maxsize=None)
+def _spiral_model_and_optimizer(hidden: int, act: str, lr: float):
+    """Built once per configuration: layers and optimizers hash by identity, so the runs
+    of one configuration in this module share fit's compiled program (each epoch is one
+    call of the same program). The SIGKILL test's processes compile their own."""
+    model = nn.serial(nn.dense(hidden), nn.relu() if act == "relu" else nn.tanh(),
+                      nn.dense(3))
+    return model, optim.adam(lr)
+
+
 def spiral_run(r: experiment.Run):
     """A tiny experiment on generated data; returns the final state."""
     cfg = r.config
@@ -50,9 +61,7 @@ def spiral_run(r: experiment.Run):
     if cfg.nan_at >= 0:
         x = x.copy()
         x[cfg.nan_at, 0] = np.nan
-    act = nn.relu() if cfg.act == "relu" else nn.tanh()
-    model = nn.serial(nn.dense(cfg.hidden), act, nn.dense(3))
-    opt = optim.adam(cfg.lr)
+    model, opt = _spiral_model_and_optimizer(cfg.hidden, cfg.act, cfg.lr)
     state = train.init_state(model, opt, r.key, (2,))
     state, history = r.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
                            epochs=cfg.epochs, batch_size=cfg.batch_size, shuffle=cfg.shuffle,
@@ -216,7 +225,11 @@ def test_resume_after_interruption_is_bitwise_equal(tmp_path, monkeypatch):
     assert metrics_without_timing(folder) == metrics_without_timing(ref_folder)
 
 
-CHILD = textwrap.dedent("""
+# Epochs of the SIGKILL test's child. It is killed within 50 ms of its first checkpoint
+# (each epoch writes one), long before the last epoch; more epochs only lengthen the
+# reference run and the resumed one.
+CHILD_EPOCHS = 100
+CHILD = textwrap.dedent(f"""
     import dataclasses, sys
     import jax
     jax.config.update("jax_enable_x64", True)
@@ -224,7 +237,7 @@ CHILD = textwrap.dedent("""
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        epochs: int = 400
+        epochs: int = {CHILD_EPOCHS}
 
     def run(r):
         x, y = data.spiral_data(20, 3)
@@ -247,7 +260,7 @@ def _child(script: Path, runs_dir: Path) -> subprocess.Popen:
 
 def _final_checkpoint(runs_dir: Path) -> dict:
     (folder,) = (runs_dir / "child").iterdir()
-    path = folder / "checkpoints" / "ckpt_00000400.npz"
+    path = folder / "checkpoints" / f"ckpt_{CHILD_EPOCHS:08d}.npz"
     return checkpoint.read(path), folder
 
 
@@ -271,7 +284,7 @@ def test_sigkill_at_a_random_moment_then_resume_changes_nothing(tmp_path):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["status"] == "running", "the child finished before it was killed"
     done = experiment.read_metrics(folder / "metrics.jsonl")
-    assert 1 <= len(done) < 400
+    assert 1 <= len(done) < CHILD_EPOCHS
 
     resumed = _child(script, killed_dir)
     _, err = resumed.communicate(timeout=120)
@@ -292,7 +305,7 @@ def test_sigkill_at_a_random_moment_then_resume_changes_nothing(tmp_path):
     assert manifest["resumed_from_epoch"] >= 1
     assert metrics_without_timing(folder) == metrics_without_timing(ref_folder)
     assert [r["epoch"] for r in experiment.read_metrics(folder / "metrics.jsonl")] == \
-        list(range(1, 401))
+        list(range(1, CHILD_EPOCHS + 1))
 
 
 # --------------------------------------------------------------------------- check-repro

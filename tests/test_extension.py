@@ -131,8 +131,9 @@ def test_mixed_engine_uses_vjp_only_where_a_rule_is_missing():
     model = nn.serial(nn.dense(4), SWISH, nn.residual(nn.serial(nn.dense(4), SWISH)),
                       nn.dense(3))
     params = model.init(jax.random.key(0), (2,), F64)
-    g_mixed = backprop.grad(model, SCE, engine="mixed")(params, X64, Y)
-    g_jax = jax.grad(lambda p: SCE(model.apply(p, X64), Y))(params)
+    mixed = backprop.grad(model, SCE, engine="mixed")
+    g_mixed, g_jax = jax.jit(lambda p: (  # one program, not one per op
+        mixed(p, X64, Y), jax.grad(lambda q: SCE(model.apply(q, X64), Y))(p)))(params)
     _close(g_mixed, g_jax)
     (s1, _), (s2, _) = _fit(model, SCE, "mixed"), _fit(model, SCE, "jax")
     _close(s1.params, s2.params, rtol=1e-9)
@@ -177,23 +178,32 @@ def _quadratic(a, t):
     return 0.5 * jnp.sum((a - t) ** 2) / a.shape[0]
 
 
-@pytest.mark.parametrize("loss", [
-    lambda z, y: SCE(z, y),
-    functools.partial(SCE.value),
+PLAIN_MODEL = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+
+
+@pytest.mark.parametrize("loss,compare_engines", [
+    (lambda z, y: SCE(z, y), True),
+    (functools.partial(SCE.value), False),
 ], ids=["lambda", "partial"])
-def test_plain_function_loss(loss):
+def test_plain_function_loss(loss, compare_engines):
     """Works under mixed and jax (same numbers), a clear error under backprop; the
-    history has no accuracy column unless asked for, never NaN."""
-    model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+    history has no accuracy column unless asked for, never NaN. A lambda and a partial
+    (no __name__) both; the engine and metric comparisons, which do not depend on the
+    function's form, once (each is a compilation of fit)."""
+    model = PLAIN_MODEL
     with pytest.raises(backprop.MissingRuleError, match="engine='mixed'"):
         _fit(model, loss, "backprop")
-    (s1, h1), (s2, h2) = _fit(model, loss, "mixed"), _fit(model, loss, "jax")
-    _close(s1.params, s2.params, rtol=1e-9)
-    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
+    s1, h1 = _fit(model, loss, "mixed")
     assert set(h1.metrics) == {"loss", "data_loss", "learning_rate"}
     assert all(np.all(np.isfinite(v)) for v in h1.metrics.values())
-    _, h3 = _fit(model, loss, "mixed", metrics=[metrics.accuracy])
     _, h4 = _fit(model, SCE, "backprop")
+    np.testing.assert_allclose(h1["loss"], h4["loss"], rtol=1e-10)  # the same function
+    if not compare_engines:
+        return
+    s2, h2 = _fit(model, loss, "jax")
+    _close(s1.params, s2.params, rtol=1e-9)
+    np.testing.assert_allclose(h1["loss"], h2["loss"], rtol=1e-10)
+    _, h3 = _fit(model, loss, "mixed", metrics=[metrics.accuracy])
     np.testing.assert_allclose(h3["accuracy"], h4["accuracy"], rtol=1e-12)
 
 
@@ -217,11 +227,16 @@ def test_as_custom_vjp_runs_the_hand_rule():
     f = backprop.as_custom_vjp(layer, train=True)
     g_bridge = jax.jit(jax.grad(lambda p, xx: jnp.sum(f(p, xx, key) ** 2), argnums=(0, 1)))(
         params, x)
-    y, tape = backprop.forward(layer, params, x, key, True)
-    g_hand = backprop.backward(layer, params, tape, 2 * y, key, True)
+    @jax.jit  # one program, not one per op
+    def hand_and_autodiff(params, x):
+        y, tape = backprop.forward(layer, params, x, key, True)
+        return backprop.backward(layer, params, tape, 2 * y, key, True), jax.grad(
+            lambda p, xx: jnp.sum(layer.apply(p, xx, key=key, train=True) ** 2),
+            argnums=(0, 1))(params, x)
+
+    g_hand, g_auto = hand_and_autodiff(params, x)
     _close(g_bridge, g_hand, rtol=1e-13)
-    _close(g_bridge, jax.grad(lambda p, xx: jnp.sum(
-        layer.apply(p, xx, key=key, train=True) ** 2), argnums=(0, 1))(params, x))
+    _close(g_bridge, g_auto)
     # A deliberately wrong rule shows through: jax.grad really calls the hand rule.
     doubled = dataclasses.replace(nn.identity(), backward_fn=lambda p, t, dy, k, tr: (
         nn.NoParams(), 2 * dy))
@@ -321,8 +336,9 @@ def test_mixed_input_and_weight_dtypes_follow_jax():
     """float64 inputs into float32 weights: gradients in the weights' dtype, as jax.grad."""
     model = nn.serial(nn.dense(3), nn.relu(), nn.dense(3))
     params = model.init(jax.random.key(0), (2,), jnp.float32)
-    g = backprop.grad(model, SCE)(params, X64, Y)
-    a = jax.grad(lambda p: SCE(model.apply(p, X64), Y))(params)
+    hand = backprop.grad(model, SCE)
+    g, a = jax.jit(lambda p: (  # one program, not one per op
+        hand(p, X64, Y), jax.grad(lambda q: SCE(model.apply(q, X64), Y))(p)))(params)
     assert all(u.dtype == v.dtype == jnp.float32 for u, v in
                zip(jax.tree.leaves(g), jax.tree.leaves(a)))
     _close(g, a, rtol=1e-6)
@@ -346,10 +362,10 @@ def test_losses_serve_as_metrics_and_penalties_are_checked():
     _, h = train.fit(model, losses.mse, opt, state, xs, ys, epochs=2, progress=False,
                      metrics=[losses.mae, metrics.mae.fn])
     assert {"mae", "_mae"} <= set(h.metrics)
+    # check takes a penalty (l1 and l2 themselves pass it in test_backprop's
+    # test_penalty_rule, on this tree) and catches a wrong rule
     tree = nn.serial(nn.dense(3), nn.dense(2)).init(jax.random.key(0), (4,), F64)
     tree = jax.tree.map(lambda w: w + 0.1, tree)
-    for pen in (losses.l1, losses.l2):
-        backprop.check(pen, tree)
     bad = losses.Regularizer("l2", losses.l2.value, lambda tr: jax.tree.map(lambda w: w, tr))
     with pytest.raises(gradcheck.GradientCheckError, match=r"params\[0\]\.w"):
         backprop.check(bad, tree)
