@@ -232,7 +232,7 @@ def _accuracy(pred: Array, labels: Array) -> Array:
         # Traced integer labels cannot be checked: one outside {0, 1} makes it NaN.
         ok = (jnp.all((labels == 0) | (labels == 1))
               if jnp.issubdtype(labels.dtype, jnp.integer) else jnp.array(True))
-        return poison(jnp.mean(((pred > 0.5) == (t > 0.5)).astype(jnp.float32)), ok)
+        return poison(jnp.mean(((pred > 0.5) == (t > 0.5)).astype(pred.dtype)), ok)
     targets, ok = one_hot_targets("accuracy", pred, labels)
     hit = jnp.argmax(pred, axis=-1) == jnp.argmax(targets, axis=-1)
     return poison(jnp.mean(hit.astype(pred.dtype)), ok)
