@@ -19,7 +19,7 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                                + " --xla_backend_optimization_level=1").strip()
 
-import jax  # noqa: E402  (after XLA_FLAGS: the backend reads it when it starts)
+import jax  # after XLA_FLAGS (the backend reads it when it starts)
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -214,9 +214,10 @@ def test_conv_nets_through_fit_under_both_engines_and_sweep():
     x, y = rng.normal(size=(12, 6, 5, 3)), rng.integers(0, 3, size=12)
     sce = losses.softmax_cross_entropy
     lrs = [0.05, 0.2]
-    opt = optim.sgd(0.1)  # one optimizer, its learning rate set in the state: fit compiles
-    res = sweep.run(model, sce, opt, x, y, sweep.grid(learning_rate=lrs),  # once per engine
-                    epochs=2, batch_size=4, dtype=F64)
+    # One optimizer, the learning rate set in the state: fit compiles once per engine.
+    opt = optim.sgd(0.1)
+    res = sweep.run(model, sce, opt, x, y, sweep.grid(learning_rate=lrs), epochs=2,
+                    batch_size=4, dtype=F64)
     if jax.default_backend() == "cpu":
         assert res.strategy != "vmap"
     state0 = train.init_state(model, opt, jax.random.key(0), x.shape[1:], dtype=F64)

@@ -25,7 +25,7 @@ RELU_NET = nn.serial(nn.dense(6), nn.relu(), nn.dense(5), nn.relu(), nn.dense(3)
 
 # One optimizer per learning rate: optimizers (like layers) are static arguments of fit's
 # compiled program, so the same model, optimizer and settings compile once per module.
-_sgd = functools.lru_cache(maxsize=None)(optim.sgd)
+_sgd = functools.cache(optim.sgd)
 
 
 def _fit(model, *, engine="backprop", epochs=1, batch_size=None, lr=2.0, **kw):

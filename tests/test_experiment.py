@@ -44,7 +44,7 @@ class Config:
     note: str | None = experiment.option(None, help="not hashed", hashed=False)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _spiral_model_and_optimizer(hidden: int, act: str, lr: float):
     """Built once per configuration: layers and optimizers hash by identity, so the runs
     of one configuration in this module share fit's compiled program (each epoch is one
