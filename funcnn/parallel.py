@@ -53,6 +53,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from funcnn import distributed
+
 Array = jax.Array
 
 __all__ = ["DEFAULT_AXIS", "check_mesh", "batch_devices", "check_divisible", "is_explicit",
@@ -180,14 +182,23 @@ def _replicated_sharding(mesh: Mesh) -> NamedSharding:
 
 def replicate(tree: Any, mesh: Mesh) -> Any:
     """``tree`` placed whole on every device of ``mesh`` (parameters, optimizer state,
-    the data set that minibatches are gathered from). Host-side, outside ``jit``."""
-    return jax.device_put(tree, _replicated_sharding(mesh))
+    the data set that minibatches are gathered from). Host-side, outside ``jit``; on a
+    mesh across processes every process passes the same ``tree`` and places its own
+    devices' copies."""
+    return _place(tree, _replicated_sharding(mesh))
+
+
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    if not distributed.spans_processes(sharding):
+        return jax.device_put(tree, sharding)
+    return jax.tree.map(lambda leaf: distributed.global_array(leaf, sharding), tree)
 
 
 def shard_batch(tree: Any, mesh: Mesh, batch_axis: str | Sequence[str] = DEFAULT_AXIS
                 ) -> Any:
-    """``tree``'s arrays placed with their leading axis split over ``batch_axis``."""
-    return jax.device_put(tree, batch_sharding(mesh, batch_axis))
+    """``tree``'s arrays placed with their leading axis split over ``batch_axis`` (on a
+    mesh across processes: the same ``tree`` on every process, as :func:`replicate`)."""
+    return _place(tree, batch_sharding(mesh, batch_axis))
 
 
 def _constrain(tree: Any, sharding: NamedSharding, explicit: bool) -> Any:

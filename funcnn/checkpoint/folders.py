@@ -8,6 +8,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from funcnn import distributed
+
 from .writing import save
 
 _STEP_FILE = re.compile(r"^ckpt_(\d+)\.npz$")
@@ -65,7 +67,7 @@ def save_step(directory: str | os.PathLike, step: int, tree: Any, *, keep: int |
     if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 1):
         raise ValueError(f"keep must be an int >= 1 or None, got {keep!r}")
     target = save(Path(directory) / f"ckpt_{step:08d}.npz", tree, metadata=metadata)
-    if keep is not None:
+    if keep is not None and distributed.is_main():  # process 0 writes (see save)
         others = [(n, p) for n, p in steps(target.parent) if p.name != target.name]
         for _, old in others[keep - 1:]:
             old.unlink(missing_ok=True)

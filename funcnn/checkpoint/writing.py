@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnn import distributed
 from funcnn._atomic import atomic_write
 
 from .fileformat import (DIGITS, FORMAT, HEADER, SEAL, VERSION, ZIP_TIME, encode_leaf,
@@ -103,38 +104,48 @@ def save(path: str | os.PathLike, tree: Any, *, metadata: dict | None = None) ->
     lists and dict keys strings. The write is atomic; on any error the previous file at
     ``path`` is untouched and the temporary file is removed. Temporary files that an
     earlier, killed save to ``path`` left are removed first. Returns the path written.
+
+    With several processes (``jax.distributed``) every process calls ``save`` with the
+    same tree; process 0 alone writes (arrays split across processes are gathered
+    first), and every process returns once the file is complete.
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"checkpoint path must be a str or os.PathLike, got "
                         f"{type(path).__name__}; e.g. 'ckpt.npz'")
-    target = Path(path)
-    _check_folder(target)
-    if metadata is None:
-        metadata = {}
-    if not isinstance(metadata, dict):
-        raise TypeError(f"checkpoint metadata must be a dict, got {type(metadata).__name__}")
-    try:  # normalise: what is stored is exactly what load_metadata returns
-        metadata = json.loads(json.dumps(metadata, sort_keys=True))
-    except (TypeError, ValueError, RecursionError) as e:
-        raise TypeError(f"checkpoint metadata must be JSON-serialisable (str, int, float, bool, None, "
-                        f"lists and dicts with str keys); {e}. Fix: convert arrays with "
-                        ".tolist() or store them in the tree instead.") from None
+    tree = distributed.local(tree)  # arrays on devices of other processes
+    # With several processes, process 0 writes; all return when it is done, or all
+    # raise its error (the exchange on leaving the block).
+    with distributed.checked_together("checkpoint.save", jax.process_count() > 1):
+        target = Path(path)
+        if metadata is None:
+            metadata = {}
+        if not isinstance(metadata, dict):
+            raise TypeError(f"checkpoint metadata must be a dict, got "
+                            f"{type(metadata).__name__}")
+        try:  # normalise: what is stored is exactly what load_metadata returns
+            metadata = json.loads(json.dumps(metadata, sort_keys=True))
+        except (TypeError, ValueError, RecursionError) as e:
+            raise TypeError(f"checkpoint metadata must be JSON-serialisable (str, int, float, "
+                            f"bool, None, lists and dicts with str keys); {e}. Fix: convert "
+                            "arrays with .tolist() or store them in the tree instead.") from None
 
-    entries, arrays, seen = [], [], set()
-    flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    for key_path, leaf in flat:
-        entry, data = encode_leaf(jax.tree_util.keystr(key_path), leaf)
-        if entry["path"] in seen:
-            raise ValueError(f"two checkpoint leaves share the path {entry['path']}; "
-                             "give the tree's nodes distinct keys")
-        seen.add(entry["path"])
-        entries.append(entry)
-        arrays.append(data)
-    header = {"format": FORMAT, "version": VERSION, "treedef": str(treedef),
-              "leaves": entries, "metadata": metadata}
-    header["checksum"] = header_checksum(header)
+        entries, arrays, seen = [], [], set()
+        flat, treedef = jax.tree_util.tree_flatten_with_path(tree)
+        for key_path, leaf in flat:
+            entry, data = encode_leaf(jax.tree_util.keystr(key_path), leaf)
+            if entry["path"] in seen:
+                raise ValueError(f"two checkpoint leaves share the path {entry['path']}; "
+                                 "give the tree's nodes distinct keys")
+            seen.add(entry["path"])
+            entries.append(entry)
+            arrays.append(data)
+        header = {"format": FORMAT, "version": VERSION, "treedef": str(treedef),
+                  "leaves": entries, "metadata": metadata}
+        header["checksum"] = header_checksum(header)
 
-    _remove_stale_temps(target)  # before writing: frees their disk for the new file
-    with atomic_write(target, what="checkpoint folder") as f:
-        _write_zip(f, entries, arrays, header)
+        if distributed.is_main():
+            _check_folder(target)
+            _remove_stale_temps(target)  # before writing: frees their disk for the new file
+            with atomic_write(target, what="checkpoint folder") as f:
+                _write_zip(f, entries, arrays, header)
     return target

@@ -3,7 +3,8 @@
 :func:`execute` names the folder by the config hash, creates and probe-writes it,
 takes its lock, writes ``config.json`` and ``manifest.json`` (recording how the run
 ended, also on error), calls the run function with a :class:`~.run.Run`, and draws
-``metrics.png``.
+``metrics.png``. With several processes (``jax.distributed``) every process runs the
+run function and process 0 alone writes the folder.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
-from funcnn import train
+from funcnn import distributed, train
 
 from .config import _hashed_fields, config_hash, config_to_json
 from .errors import ExperimentError
@@ -79,66 +81,86 @@ def _plot(folder: Path) -> None:
 def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callable[[Run], Any],
                 *, checkpoint_every: int, keep: int, restart: bool, plots: bool,
                 verbose: bool, command: Sequence[str] | None) -> Any:
-    _prepare(folder)
-    with _lock(folder):
-        _clean_tmp(folder)
-        if restart:
-            _discard(folder)
-        run = Run(name, config, seed, folder, checkpoint_every=checkpoint_every, keep=keep,
-                  verbose=verbose)
-        record = {"name": name, "config_hash": run.hash, "seed": run.seed,
-                  "checkpoint_every": checkpoint_every, "config": config_to_json(config),
-                  "hashed_fields": sorted(_hashed_fields(config))}
-        cfg_path = folder / "config.json"
-        old = _read_record(cfg_path) if cfg_path.is_file() else None
-        if old is not None:
-            if old.get("config_hash") != run.hash:
-                raise ExperimentError(f"{cfg_path} records config hash {old.get('config_hash')!r}"
-                                      f", not {run.hash!r}; this folder belongs to another run")
-        _write_json(cfg_path, record)
-        man_path = folder / "manifest.json"
-        attempts = []
-        old = _read_record(man_path) if man_path.is_file() else None
-        if old is not None:
-            last = {k: old.get(k) for k in ("started", "ended", "status", "error", "command",
-                                            "resumed_from_epoch", "epochs_done")}
-            if last["status"] == "running":
-                last["status"] = "killed (no end recorded)"
-            earlier = old.get("attempts")
-            attempts = (earlier if isinstance(earlier, list) else []) + [last]
-        manifest = {"name": name, "config_hash": run.hash, "seed": run.seed,
-                    **_environment(),
-                    "command": list(command) if command is not None else [sys.executable,
-                                                                         *sys.argv],
-                    "cwd": os.getcwd(), "started": _now(), "ended": None, "status": "running",
-                    "resumed_from_epoch": None, "attempts": attempts}
-        _write_json(man_path, manifest)
-        if verbose:
+    main = distributed.is_main()  # with several processes, process 0 writes the folder
+    with contextlib.ExitStack() as held:
+        # Set up before anything trains; with several processes, process 0's errors
+        # (no room, a locked folder) stop every process, and the others start only once
+        # the folder is ready (checked_together's exchange is the barrier).
+        with distributed.checked_together("experiment", jax.process_count() > 1):
+            run = Run(name, config, seed, folder, checkpoint_every=checkpoint_every,
+                      keep=keep, verbose=verbose and main)
+            if main:
+                _prepare(folder)
+                held.enter_context(_lock(folder))
+                _clean_tmp(folder)
+                if restart:
+                    _discard(folder)
+                manifest = _open_records(folder, name, config, run, checkpoint_every, command)
+        if verbose and main:
             print(f"{name}: run folder {folder}")
         t0 = time.perf_counter()
         try:
             result = run_fn(run)
         except BaseException as e:
-            status = ("diverged" if isinstance(e, train.DivergedError) else
-                      "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
-            manifest.update(status=status, ended=_now(), error=f"{type(e).__name__}: {e}",
-                            elapsed_s=round(time.perf_counter() - t0, 3),
-                            resumed_from_epoch=run.resumed_from, epochs_done=run.epoch)
-            if run.diverged is not None:
-                manifest["diverged"] = run.diverged
-            with contextlib.suppress(OSError):
-                _write_json(man_path, manifest)
+            if main:
+                status = ("diverged" if isinstance(e, train.DivergedError) else
+                          "interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
+                manifest.update(status=status, ended=_now(), error=f"{type(e).__name__}: {e}",
+                                elapsed_s=round(time.perf_counter() - t0, 3),
+                                resumed_from_epoch=run.resumed_from, epochs_done=run.epoch,
+                                layout=run.layout)
+                if run.diverged is not None:
+                    manifest["diverged"] = run.diverged
+                with contextlib.suppress(OSError):
+                    _write_json(folder / "manifest.json", manifest)
             raise
-        if plots:
-            try:
-                _plot(folder)
-            except Exception as e:  # a plot is never worth losing a finished run
-                print(f"warning: could not write metrics.png: {e}", file=sys.stderr)
-        manifest.update(status="completed", ended=_now(), error=None,
-                        elapsed_s=round(time.perf_counter() - t0, 3),
-                        resumed_from_epoch=run.resumed_from, epochs_done=run.epoch)
-        _write_json(man_path, manifest)
-        return result
+        if main:
+            if plots:
+                try:
+                    _plot(folder)
+                except Exception as e:  # a plot is never worth losing a finished run
+                    print(f"warning: could not write metrics.png: {e}", file=sys.stderr)
+            manifest.update(status="completed", ended=_now(), error=None,
+                            elapsed_s=round(time.perf_counter() - t0, 3),
+                            resumed_from_epoch=run.resumed_from, epochs_done=run.epoch,
+                            layout=run.layout)
+            _write_json(folder / "manifest.json", manifest)
+    distributed.barrier("funcnn.experiment done")  # the folder is complete
+    return result
+
+
+def _open_records(folder: Path, name: str, config: Any, run: Run, checkpoint_every: int,
+                  command: Sequence[str] | None) -> dict[str, Any]:
+    """Writes ``config.json`` (checking that the folder is this run's) and the
+    manifest of a new attempt (keeping the earlier attempts'); returns the manifest."""
+    record = {"name": name, "config_hash": run.hash, "seed": run.seed,
+              "checkpoint_every": checkpoint_every, "config": config_to_json(config),
+              "hashed_fields": sorted(_hashed_fields(config))}
+    cfg_path = folder / "config.json"
+    old = _read_record(cfg_path) if cfg_path.is_file() else None
+    if old is not None:
+        if old.get("config_hash") != run.hash:
+            raise ExperimentError(f"{cfg_path} records config hash {old.get('config_hash')!r}"
+                                  f", not {run.hash!r}; this folder belongs to another run")
+    _write_json(cfg_path, record)
+    man_path = folder / "manifest.json"
+    attempts = []
+    old = _read_record(man_path) if man_path.is_file() else None
+    if old is not None:
+        last = {k: old.get(k) for k in ("started", "ended", "status", "error", "command",
+                                        "resumed_from_epoch", "epochs_done", "layout")}
+        if last["status"] == "running":
+            last["status"] = "killed (no end recorded)"
+        earlier = old.get("attempts")
+        attempts = (earlier if isinstance(earlier, list) else []) + [last]
+    manifest = {"name": name, "config_hash": run.hash, "seed": run.seed,
+                **_environment(), "layout": run.layout,
+                "command": list(command) if command is not None else [sys.executable,
+                                                                     *sys.argv],
+                "cwd": os.getcwd(), "started": _now(), "ended": None, "status": "running",
+                "resumed_from_epoch": None, "attempts": attempts}
+    _write_json(man_path, manifest)
+    return manifest
 
 
 def execute(name: str, config: Any, run_fn: Callable[[Run], Any], *, seed: int = 0,

@@ -1,7 +1,9 @@
 """``--check-repro``: rerun a recorded run from scratch and compare.
 
 The rerun goes to ``<run folder>/repro/``; every metric but the timings, every
-result, and the final checkpoint's bytes are compared (``rtol=0``: exactly).
+result, and the final checkpoint's bytes are compared (``rtol=0``: exactly). The
+report names both runs' layouts (process count and mesh): bitwise equality is
+expected of the same layout only.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnn import checkpoint
+from funcnn import checkpoint, distributed
 
 from .config import config_from_json, config_hash
 from .errors import ExperimentError
@@ -39,6 +41,13 @@ class ReproReport:
     max_abs_diff: dict[str, float]
     params_equal: bool | None
     rtol: float = 0.0
+    layouts: tuple[dict | None, dict | None] = (None, None)  # recorded, rerun
+
+    @property
+    def same_layout(self) -> bool:
+        """Whether both runs had the same process count and mesh (what sets the order
+        in which data-parallel sums add)."""
+        return _layout_key(self.layouts[0]) == _layout_key(self.layouts[1])
 
     @property
     def match(self) -> bool:
@@ -60,8 +69,37 @@ class ReproReport:
         lines.append("  final parameters: " + {True: "bitwise equal", False: "DIFFER",
                                                 None: "not compared (no checkpoint)"}
                      [self.params_equal])
+        rec, new = (_shown_layout(v) for v in self.layouts)
+        if self.same_layout:
+            lines.append(f"  layout: {rec} (the same in both runs)")
+        else:
+            lines.append(f"  layout DIFFERS: recorded {rec}, rerun {new}; over another mesh "
+                         "the batch sums add in another order, so expect float-rounding "
+                         "differences rather than bitwise equality (rerun with the recorded "
+                         "layout to check reproducibility)")
         lines.append("REPRODUCED" if self.match else "NOT REPRODUCED")
         return "\n".join(lines)
+
+
+def _layout_key(layout: dict | None) -> tuple:
+    layout = layout or {}
+    return (layout.get("process_count", 1), layout.get("mesh"))
+
+
+def _shown_layout(layout: dict | None) -> str:
+    layout = layout or {}
+    mesh = layout.get("mesh")
+    return (f"{layout.get('process_count', 1)} process(es), "
+            + (f"mesh {mesh}" if mesh else "no mesh"))
+
+
+def _recorded_layout(folder: Path) -> dict | None:
+    path = folder / "manifest.json"
+    try:
+        layout = _read_json(path).get("layout") if path.is_file() else None
+    except (ExperimentError, AttributeError):
+        return None
+    return layout if isinstance(layout, dict) else None
 
 
 def _same(a: Any, b: Any, rtol: float) -> tuple[bool, float | None]:
@@ -151,7 +189,8 @@ def check_repro(run_dir: str | os.PathLike, config_cls: type, run_fn: Callable[[
         raise ExperimentError(f"{run_dir / 'metrics.jsonl'} holds no epochs to compare; "
                               "let the run train first")
     repro = run_dir / "repro"
-    shutil.rmtree(repro, ignore_errors=True)
+    if distributed.is_main():  # with several processes, process 0 writes
+        shutil.rmtree(repro, ignore_errors=True)
     _execute_in(repro, record["name"], config, record["seed"], run_fn,
                 checkpoint_every=checkpoint_every, keep=keep, restart=False, plots=False,
                 verbose=verbose, command=None)
@@ -169,4 +208,5 @@ def check_repro(run_dir: str | os.PathLike, config_cls: type, run_fn: Callable[[
             mismatches.append(f"result {k}: recorded {res_old.get(k)!r}, rerun {res_new.get(k)!r}")
     params_equal = _final_params_equal(run_dir, repro) if len(recorded) == len(rerun) else None
     return ReproReport(run_dir, repro, len(recorded), len(rerun), mismatches, max_diff,
-                       params_equal, rtol)
+                       params_equal, rtol,
+                       (_recorded_layout(run_dir), _recorded_layout(repro)))

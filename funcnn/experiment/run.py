@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from funcnn import checkpoint, diagnostics, train
+from funcnn import checkpoint, diagnostics, distributed, train
 from funcnn.data import check_dataset
 
 from .config import config_hash
@@ -45,6 +45,11 @@ class Run:
     For a loop of your own: ``state = run.resume_state(state)``, then pass
     ``run.on_chunk`` as ``train.fit``'s ``on_chunk`` with
     ``epochs_per_call=run.checkpoint_every`` and ``epochs=total - run.epoch``.
+
+    With several processes (``jax.distributed``) every process runs the same run
+    function with its own ``Run``; process 0 alone writes (metrics, results,
+    checkpoints), and every process reads the same checkpoints when resuming. The
+    run folder must be on a file system all processes see.
     """
 
     def __init__(self, name: str, config: Any, seed: int, folder: Path, *,
@@ -56,6 +61,7 @@ class Run:
         self.checkpoint_every, self.keep, self.verbose = checkpoint_every, keep, verbose
         self.hash = config_hash(name, config, seed, checkpoint_every)
         self.epoch = 0
+        self.layout: dict[str, Any] = distributed.layout()  # and the mesh, in fit
         self.total_epochs: int | None = None
         self.resumed_from: int | None = None
         self.diverged: dict[str, Any] | None = None
@@ -86,6 +92,8 @@ class Run:
             raise TypeError(f"log_metrics: epoch must be an int >= 0; got {epoch!r}")
         row = {"epoch": int(epoch)}
         row.update(_row_values(metrics, "log_metrics"))
+        if not distributed.is_main():
+            return
         with open(self.metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row, allow_nan=False) + "\n")
             f.flush()
@@ -118,9 +126,12 @@ class Run:
                 raise TypeError(f"log_result: result {k}={v!r} cannot be stored in "
                                 f"results.json ({e}); pass numbers, strings, bools, arrays, "
                                 "or lists and dicts of them") from None
-        _write_json(path, results)
+        if distributed.is_main():
+            _write_json(path, results)
 
     def _truncate_metrics(self, epoch: int) -> None:
+        if not distributed.is_main():
+            return
         rows = read_metrics(self.metrics_path)
         keep = [r for r in rows if r["epoch"] <= epoch]
         text = "".join(json.dumps(r, allow_nan=False) + "\n" for r in keep)
@@ -155,12 +166,15 @@ class Run:
                 state = checkpoint.load(path, template)
             except (checkpoint.CheckpointVersionError, checkpoint.NarrowingError) as e:
                 raise ExperimentError(str(e)) from None
+            except FileNotFoundError:  # process 0 renamed it: damaged (below)
+                continue
             except checkpoint.CheckpointError as e:
                 try:
                     checkpoint.read(path)  # intact file: it does not fit the template
-                except checkpoint.CheckpointError:
+                except (checkpoint.CheckpointError, FileNotFoundError):
                     damaged = path.with_name(path.name + ".damaged")
-                    path.replace(damaged)
+                    if distributed.is_main():
+                        path.replace(damaged)
                     print(f"warning: skipping the damaged checkpoint {path.name}: {e}\n"
                           f"  renamed it to {damaged.name}; trying the one before",
                           file=sys.stderr)
@@ -196,7 +210,8 @@ class Run:
         step = _step_of(state)
         if step is not None:
             meta["step"] = step
-        self.checkpoint_dir.mkdir(exist_ok=True)  # a loop of one's own has not made it yet
+        if distributed.is_main():  # a loop of one's own has not made it yet
+            self.checkpoint_dir.mkdir(exist_ok=True)
         return checkpoint.save_step(self.checkpoint_dir, int(epoch), state, keep=self.keep,
                                     metadata=meta)
 
@@ -237,7 +252,10 @@ class Run:
         self.epoch, self._last_step, self._last_time = epoch, step, time.perf_counter()
 
     def _check_space(self, state: Any) -> None:
-        """Probe-write one checkpoint's worth of bytes and check room for ``keep + 1``."""
+        """Probe-write one checkpoint's worth of bytes and check room for ``keep + 1``
+        (process 0, the one that writes)."""
+        if not distributed.is_main():
+            return
         nbytes = sum(int(np.asarray(jax.random.key_data(x) if _is_key(x) else x).nbytes)
                      for x in jax.tree.leaves(state)) + 64 * 1024
         need = (self.keep + 1) * nbytes + _PROBE_BYTES
@@ -280,26 +298,41 @@ class Run:
                                 "experiment.main instead, or call train.fit with run.on_chunk")
         if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
             raise ValueError(f"Run.fit: epochs must be a positive int; got {epochs!r}")
-        check_dataset(x, y)
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("Run.fit: validation_data must be a pair (x_val, y_val); got "
-                                f"{type(validation_data).__name__}"
-                                + (f" of length {len(validation_data)}"
-                                   if hasattr(validation_data, "__len__") else ""))
-            check_dataset(*validation_data)
-        state = self.resume_state(state)
-        if self.epoch > epochs:
-            raise ExperimentError(f"the run folder {self.dir} holds a checkpoint at epoch "
-                                  f"{self.epoch}, past the {epochs} epochs asked for; fix: "
-                                  "--restart, or ask for more epochs")
-        self.total_epochs = int(epochs)
-        self._epoch_metrics = epoch_metrics
-        if self.epoch == epochs:
-            if self.verbose:
-                print(f"{self.name}: all {epochs} epochs already done in {self.dir}")
+        mesh = fit_kwargs.get("mesh")
+        across = isinstance(mesh, jax.sharding.Mesh) and distributed.spans_processes(mesh)
+        done = False
+        # With several processes, process 0's folder checks stop every process.
+        with distributed.checked_together("Run.fit", across) as agree:
+            check_dataset(x, y)
+            if validation_data is not None:
+                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                    raise TypeError("Run.fit: validation_data must be a pair (x_val, y_val); "
+                                    f"got {type(validation_data).__name__}"
+                                    + (f" of length {len(validation_data)}"
+                                       if hasattr(validation_data, "__len__") else ""))
+                check_dataset(*validation_data)
+            state = self.resume_state(state)
+            agree.same("the run folder as this process sees it",
+                       ((self.dir / "config.json").is_file(), self.epoch),
+                       f"every process must see the same run folder {self.dir}, on a file "
+                       "system shared by all processes (config.json there, and the epoch "
+                       "to resume from)")
+            if self.epoch > epochs:
+                raise ExperimentError(f"the run folder {self.dir} holds a checkpoint at "
+                                      f"epoch {self.epoch}, past the {epochs} epochs asked "
+                                      "for; fix: --restart, or ask for more epochs")
+            self.total_epochs = int(epochs)
+            self._epoch_metrics = epoch_metrics
+            if self.epoch == epochs:
+                if self.verbose:
+                    print(f"{self.name}: all {epochs} epochs already done in {self.dir}")
+                done = True
+            else:
+                self._check_space(state)
+        if done:
             return state, self.history()
-        self._check_space(state)
+        if mesh is not None:
+            self.layout = distributed.layout(mesh)
         self._last_time = time.perf_counter()
         try:
             state, _ = train.fit(model, loss, optimizer, state, x, y, epochs=epochs - self.epoch,
@@ -320,6 +353,7 @@ class Run:
             e.args = (f"{e.args[0]} [run folder {self.dir}: last good checkpoint "
                       f"{self.diverged['last_good_checkpoint']}, last finite state {path}]",)
             raise
+        distributed.barrier("funcnn.Run.fit done")  # process 0 has logged it all
         history = self.history()
         if table := diagnostics.table(history):  # fit(..., diagnostics=[...]) was asked
             _write_atomic(self.path("diagnostics.md"),

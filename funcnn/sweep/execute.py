@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from funcnn import nn, optim, train
+from funcnn import distributed, nn, optim, train
 
 Array = jax.Array
 
@@ -127,19 +127,23 @@ def _run_program(plan, cols, data, strategy, chunk, devs, n_configs):
         if pad:  # every device gets the same share; the padding repeats the last config
             values = {k: jnp.concatenate([v, jnp.repeat(v[-1:], pad, axis=0)])
                       for k, v in values.items()}
-        mesh = _mesh(devs)
-        values = jax.device_put(values, NamedSharding(mesh, PartitionSpec(_AXIS)))
-        data = jax.device_put(data, NamedSharding(mesh, PartitionSpec()))
+        mesh = _mesh(devs)  # may hold devices of other processes (jax.distributed)
+        values = _place(values, NamedSharding(mesh, PartitionSpec(_AXIS)))
+        data = _place(data, NamedSharding(mesh, PartitionSpec()))
     how = ("sharded" if strategy == "sharded" else "local",
            None if strategy == "vmap" else chunk, mesh)
     t0 = time.perf_counter()
     compiled = _PROGRAM.lower(values, data, plan=plan, how=how).compile()
     t1 = time.perf_counter()
-    params, metrics = jax.device_get(compiled(values, data))
+    params, metrics = distributed.to_host(compiled(values, data))  # every process: all
     t2 = time.perf_counter()
     cut = lambda a: np.asarray(a)[:n_configs]  # noqa: E731
     return (jax.tree.map(cut, params), {k: cut(v) for k, v in metrics.items()},
             t1 - t0, t2 - t1, len(devs) if strategy == "sharded" else 1)
+
+
+def _place(tree: Any, sharding: NamedSharding) -> Any:
+    return jax.tree.map(lambda a: distributed.global_array(a, sharding), tree)
 
 
 def _mesh(devs) -> Mesh:

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import nn, optim, parallel
+from funcnn import distributed, nn, optim, parallel
 from funcnn._checks import concrete
 from funcnn.data.batching import batches_per_epoch
 from funcnn.diagnostics import check_model, check_names
@@ -240,68 +240,92 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
       DivergedError: the loss or weights became NaN/inf; it names the epoch and step and
         carries the last finite state.
     """
-    _check_length(epochs, steps, eval_every, epochs_per_call)
-    if mesh is not None:
-        batch_axis = parallel.check_mesh(mesh, batch_axis, "fit")
-    if not isinstance(drop_remainder, (bool, np.bool_)):
-        raise TypeError(f"fit: drop_remainder must be True or False; got {drop_remainder!r}")
-    drop_remainder = bool(drop_remainder)
-    check_engine(engine, model, loss, "fit")
-    chosen = metric_set(loss, metrics, "fit")
-    diag_names, every = check_names(diagnostics, diagnostics_every, "fit")
-    if not isinstance(state, TrainState):
-        raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
-                        f"{type(state).__name__}")
-    for name, value in (("log_every", log_every), ("epochs_per_call", epochs_per_call)):
-        if value is not None and (isinstance(value, bool) or not isinstance(
-                value, (int, np.integer)) or value < 1):
-            raise ValueError(f"fit: {name} must be a positive int or None; got {value!r}")
-    if validation_data is not None and not isinstance(validation_data, DeviceData) and (
-            not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
-        raise TypeError("fit: validation_data must be a pair (x_val, y_val) or a "
-                        f"train.DeviceData; got {type(validation_data).__name__}"
-                        + (f" of length {len(validation_data)}" if hasattr(
-                            validation_data, "__len__") else ""))
-    xd, yd = prepare_data(model, loss, state.params, x, y)
-    check_opt_state(optimizer, state, "fit")
-    if penalty is not None:
-        check_penalty(penalty, "fit", xd.dtype)
-    if bad := _nonfinite_leaves(state.params):
-        raise ValueError(f"fit: the given params already hold NaN or inf (at {', '.join(bad)}); "
-                         "there is no finite state to train from. Re-initialise them "
-                         "(train.init_state) or load an earlier checkpoint.")
-    check_loss_domain(model, loss, state.params, xd, yd, "fit")
-    n = xd.shape[0]
-    whole_set = batch_size is None
-    batch_size = n if batch_size is None else batch_size
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
-            not 1 <= batch_size <= n:
-        raise ValueError(f"fit: batch_size must be an int in [1, {n}] (the number of "
-                         f"examples); got {batch_size!r}")
-    batch_size = int(batch_size)
-    val = None
-    if validation_data is not None:
-        val = prepare_data(model, loss, state.params, *validation_data) \
-            if not isinstance(validation_data, DeviceData) else \
-            prepare_data(model, loss, state.params, validation_data, None)
-        check_loss_domain(model, loss, state.params, *val, "fit (validation_data)")
-    if penalty is not None:
-        penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
-    per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
-    if mesh is not None:
-        _check_split(mesh, batch_axis, n, None if whole_set else batch_size, per_epoch, val)
-    total = epochs * per_epoch if epochs is not None else steps
-    if steps is not None and eval_every is None:
-        eval_every = min(steps, per_epoch)
-    if diag_names:
-        diag_names = check_model(diag_names, every, model, state.params, xd, total,
-                                 "fit", strict=diagnostics is not True)
-    config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
-                  batch_size=batch_size, shuffle=shuffle, metrics=chosen,
-                  diagnostics=diag_names, per_step=every is not None,
-                  drop_remainder=drop_remainder)
-    if mesh is not None:
-        config.update(mesh=mesh, batch_axis=batch_axis)
+    # Checked before anything runs; over a mesh across processes, all fail or go on
+    # together, and what must be equal on every process is compared (distributed).
+    across = isinstance(mesh, jax.sharding.Mesh) and distributed.spans_processes(mesh)
+    with distributed.checked_together("fit", across) as agree:
+        _check_length(epochs, steps, eval_every, epochs_per_call)
+        if mesh is not None:
+            batch_axis = parallel.check_mesh(mesh, batch_axis, "fit")
+            distributed.check_all_processes(mesh, "fit")
+            if across and isinstance(state, TrainState):  # e.g. from an earlier fit
+                state = distributed.local(state)
+        if not isinstance(drop_remainder, (bool, np.bool_)):
+            raise TypeError(f"fit: drop_remainder must be True or False; got {drop_remainder!r}")
+        drop_remainder = bool(drop_remainder)
+        check_engine(engine, model, loss, "fit")
+        chosen = metric_set(loss, metrics, "fit")
+        diag_names, every = check_names(diagnostics, diagnostics_every, "fit")
+        if not isinstance(state, TrainState):
+            raise TypeError(f"fit: state must be a TrainState from train.init_state; got "
+                            f"{type(state).__name__}")
+        for name, value in (("log_every", log_every), ("epochs_per_call", epochs_per_call)):
+            if value is not None and (isinstance(value, bool) or not isinstance(
+                    value, (int, np.integer)) or value < 1):
+                raise ValueError(f"fit: {name} must be a positive int or None; got {value!r}")
+        if validation_data is not None and not isinstance(validation_data, DeviceData) and (
+                not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2):
+            raise TypeError("fit: validation_data must be a pair (x_val, y_val) or a "
+                            f"train.DeviceData; got {type(validation_data).__name__}"
+                            + (f" of length {len(validation_data)}" if hasattr(
+                                validation_data, "__len__") else ""))
+        xd, yd = prepare_data(model, loss, state.params, x, y)
+        check_opt_state(optimizer, state, "fit")
+        if penalty is not None:
+            check_penalty(penalty, "fit", xd.dtype)
+        if bad := _nonfinite_leaves(state.params):
+            raise ValueError(f"fit: the given params already hold NaN or inf (at "
+                             f"{', '.join(bad)}); there is no finite state to train from. "
+                             "Re-initialise them (train.init_state) or load an earlier "
+                             "checkpoint.")
+        check_loss_domain(model, loss, state.params, xd, yd, "fit")
+        n = xd.shape[0]
+        whole_set = batch_size is None
+        batch_size = n if batch_size is None else batch_size
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
+                not 1 <= batch_size <= n:
+            raise ValueError(f"fit: batch_size must be an int in [1, {n}] (the number of "
+                             f"examples); got {batch_size!r}")
+        batch_size = int(batch_size)
+        val = None
+        if validation_data is not None:
+            val = prepare_data(model, loss, state.params, *validation_data) \
+                if not isinstance(validation_data, DeviceData) else \
+                prepare_data(model, loss, state.params, validation_data, None)
+            check_loss_domain(model, loss, state.params, *val, "fit (validation_data)")
+        if penalty is not None:
+            penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)
+        per_epoch = batches_per_epoch(n, batch_size, drop_remainder=drop_remainder)
+        if mesh is not None:
+            _check_split(mesh, batch_axis, n, None if whole_set else batch_size, per_epoch, val)
+        total = epochs * per_epoch if epochs is not None else steps
+        if steps is not None and eval_every is None:
+            eval_every = min(steps, per_epoch)
+        if diag_names:
+            diag_names = check_model(diag_names, every, model, state.params, xd, total,
+                                     "fit", strict=diagnostics is not True)
+        config = dict(model=model, loss=loss, update=optimizer.update, engine=engine,
+                      batch_size=batch_size, shuffle=shuffle, metrics=chosen,
+                      diagnostics=diag_names, per_step=every is not None,
+                      drop_remainder=drop_remainder)
+        if mesh is not None:
+            config.update(mesh=mesh, batch_axis=batch_axis)
+        if across:  # every process must train the same thing, or a collective would hang
+            for name, value in dict(
+                    epochs=epochs, steps=steps, eval_every=eval_every, batch_size=batch_size,
+                    drop_remainder=drop_remainder, engine=engine, shuffle=shuffle,
+                    metrics=[m.name for m in chosen], diagnostics=diag_names,
+                    diagnostics_every=every, epochs_per_call=epochs_per_call,
+                    mesh=distributed.layout(mesh), batch_axis=batch_axis).items():
+                agree.same(name, value)
+            agree.same("the training data", (xd, yd),
+                       "pass the whole data set on every process, or gather each process's "
+                       "part with funcnn.distributed.gather_processes(x_part, y_part)")
+            agree.same("the validation data", val)
+            agree.same("the initial state", state,
+                       "initialise it from the same key on every process "
+                       "(train.init_state(model, opt, jax.random.key(SEED), ...))")
+            agree.same("the penalty", penalty)
     names = tuple(m.name for m in chosen)
     history = History()
     bar = _progress_bar(epochs if epochs is not None else steps, progress,

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn import backprop, nn, optim, parallel
+from funcnn import backprop, distributed, nn, optim, parallel
 from funcnn import diagnostics as diagnostics_lib
 from funcnn.losses import Loss
 from funcnn.metrics import Metric, as_metrics, compute
@@ -208,10 +208,18 @@ def evaluate(model: nn.Layer, loss: Callable, params: Any, x: Any, y: Any = None
     the examples are split over its axis ``batch_axis`` (their number must be a
     multiple of its size), the parameters replicated, as in ``fit``.
     """
-    chosen = metric_set(loss, metrics, "evaluate")
-    if mesh is not None:
-        batch_axis = parallel.check_mesh(mesh, batch_axis, "evaluate")
-    x, y = prepare_data(model, loss, params, x, y)
+    across = isinstance(mesh, jax.sharding.Mesh) and distributed.spans_processes(mesh)
+    with distributed.checked_together("evaluate", across) as agree:
+        chosen = metric_set(loss, metrics, "evaluate")
+        if mesh is not None:
+            batch_axis = parallel.check_mesh(mesh, batch_axis, "evaluate")
+            distributed.check_all_processes(mesh, "evaluate")
+            params = distributed.local(params)  # e.g. from fit over processes
+        x, y = prepare_data(model, loss, params, x, y)
+        if across:
+            agree.same("the data", (x, y), "pass the whole data set on every process, or "
+                       "gather the parts with funcnn.distributed.gather_processes")
+            agree.same("the params", params)
     if mesh is None:  # the domain check covers every output (check_loss_domain)
         out, rows = _evaluate(params, x, y, model=model, loss=loss, metrics=chosen,
                               with_domain_rows=True)
