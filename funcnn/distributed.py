@@ -36,7 +36,8 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, Sharding
 
-__all__ = ["is_main", "spans_processes", "check_all_processes", "layout", "checked_together", "Agreement", "fingerprint",
+__all__ = ["is_main", "spans_processes", "check_all_processes", "layout",
+           "layout_key", "checked_together", "Agreement", "fingerprint",
            "gather_processes", "global_array", "local", "to_host", "barrier"]
 
 
@@ -83,6 +84,14 @@ def layout(mesh: Any = None) -> dict[str, Any]:
     if mesh is not None:
         out["mesh"] = {str(name): int(size) for name, size in mesh.shape.items()}
     return out
+
+
+def layout_key(layout: dict | None) -> tuple:
+    """What of a recorded :func:`layout` decides the order in which data-parallel sums
+    add, so what two runs must share to be bitwise equal: the process count and the
+    mesh (None: no mesh). A missing record reads as one process without a mesh."""
+    layout = layout or {}
+    return (layout.get("process_count", 1), layout.get("mesh"))
 
 
 # --------------------------------------------------------------------------------------

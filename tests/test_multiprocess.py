@@ -141,41 +141,51 @@ def test_bad_input_is_a_clear_error_on_every_process(results, name):
 
 # ---------------------------------------------------------------- layouts in one process
 
-def test_check_repro_names_the_layouts_and_says_when_they_differ(tmp_path):
-    """Run folders record their layout; ``--check-repro`` compares runs of one layout
-    bitwise and says so when the recorded run had another (here: a manifest that says
-    2 processes and a 4-device mesh, rerun in this single process)."""
+def test_layouts_are_recorded_checked_on_resume_and_compared_by_check_repro(tmp_path):
+    """Run folders record their layout (manifest and checkpoints). Resuming under another
+    layout is refused (the resumed run would no longer equal an unbroken one), and
+    ``--check-repro`` compares runs of one layout bitwise and says so when the recorded
+    run had another (here: a mesh of one device, and none)."""
     import dataclasses
 
     import jax
 
-    from funcnn import data, experiment, losses, nn, optim, train
+    from funcnn import checkpoint, data, experiment, losses, nn, optim, train
 
     @dataclasses.dataclass(frozen=True)
     class Config:
-        epochs: int = 2
+        epochs: int = experiment.option(2, hashed=False)
 
     model, opt = nn.serial(nn.dense(4), nn.relu(), nn.dense(3)), optim.sgd(0.1)
+    use_mesh = []
 
     def run_fn(run):
         x, y = data.spiral_data(10, 3)
         state = train.init_state(model, opt, run.key, (2,))
-        run.fit(model, losses.softmax_cross_entropy, opt, state, x, y, epochs=2,
-                batch_size=10)
+        mesh = jax.make_mesh((1,), ("data",)) if use_mesh else None
+        run.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
+                epochs=run.config.epochs, batch_size=10, mesh=mesh)
 
     main = lambda *flags: experiment.main(  # noqa: E731
         "layout", Config, run_fn, ["--runs-dir", str(tmp_path), "--no-plots", *flags])
+    use_mesh.append(True)  # recorded on a mesh of this process's one device
     main()
     (folder,) = (tmp_path / "layout").iterdir()
-    manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["layout"] == {"process_count": 1, "device_count": jax.device_count()}
+    here = {"process_count": 1, "device_count": jax.device_count(), "mesh": {"data": 1}}
+    assert json.loads((folder / "manifest.json").read_text())["layout"] == here
+    assert checkpoint.load_metadata(folder / "checkpoints" / "ckpt_00000002.npz")[
+        "layout"] == here
     report = main("--check-repro")
     assert report.match and report.same_layout
-    assert "(the same in both runs)" in str(report)
+    assert "layout: 1 process(es), mesh {'data': 1} (the same in both runs)" in str(report)
 
-    manifest["layout"] = {"process_count": 2, "device_count": 4, "mesh": {"data": 4}}
-    (folder / "manifest.json").write_text(json.dumps(manifest))
-    report = main("--check-repro", str(folder))
+    use_mesh.clear()  # without the mesh: check-repro says the layouts differ
+    report = main("--check-repro")
     assert not report.same_layout
-    assert "layout DIFFERS: recorded 2 process(es), mesh {'data': 4}, rerun 1 process(es), " \
+    assert "layout DIFFERS: recorded 1 process(es), mesh {'data': 1}, rerun 1 process(es), " \
         "no mesh" in str(report)
+    # resuming from epoch 2 without the mesh is refused before anything trains
+    with pytest.raises(experiment.ExperimentError, match=r"trained with 1 process\(es\), "
+                       r"mesh \{'data': 1\}, and this attempt has 1 process\(es\), no mesh"):
+        main("--epochs", "3")
+    assert not (folder / "checkpoints" / "ckpt_00000003.npz").exists()

@@ -47,7 +47,8 @@ class ReproReport:
     def same_layout(self) -> bool:
         """Whether both runs had the same process count and mesh (what sets the order
         in which data-parallel sums add)."""
-        return _layout_key(self.layouts[0]) == _layout_key(self.layouts[1])
+        return distributed.layout_key(self.layouts[0]) == \
+            distributed.layout_key(self.layouts[1])
 
     @property
     def match(self) -> bool:
@@ -81,11 +82,6 @@ class ReproReport:
         return "\n".join(lines)
 
 
-def _layout_key(layout: dict | None) -> tuple:
-    layout = layout or {}
-    return (layout.get("process_count", 1), layout.get("mesh"))
-
-
 def _shown_layout(layout: dict | None) -> str:
     layout = layout or {}
     mesh = layout.get("mesh")
@@ -94,6 +90,16 @@ def _shown_layout(layout: dict | None) -> str:
 
 
 def _recorded_layout(folder: Path) -> dict | None:
+    """The layout of the run recorded in ``folder``: its newest checkpoint's, or (no
+    checkpoint) its manifest's."""
+    found = checkpoint.steps(folder / "checkpoints")
+    if found:
+        try:
+            layout = checkpoint.load_metadata(found[0][1]).get("layout")
+        except checkpoint.CheckpointError:
+            layout = None
+        if isinstance(layout, dict):
+            return layout
     path = folder / "manifest.json"
     try:
         layout = _read_json(path).get("layout") if path.is_file() else None

@@ -62,6 +62,7 @@ class Run:
         self.hash = config_hash(name, config, seed, checkpoint_every)
         self.epoch = 0
         self.layout: dict[str, Any] = distributed.layout()  # and the mesh, in fit
+        self._resumed_layout: dict[str, Any] | None = None  # the checkpoint's
         self.total_epochs: int | None = None
         self.resumed_from: int | None = None
         self.diverged: dict[str, Any] | None = None
@@ -188,7 +189,7 @@ class Run:
                 raise ExperimentError(
                     f"checkpoint {path} belongs to config hash {meta.get('config_hash')!r}, "
                     f"not {self.hash!r}; fix: --restart, or move the folder away")
-            epoch = ck_epoch
+            epoch, self._resumed_layout = ck_epoch, meta.get("layout")
             break
         else:
             if found:
@@ -206,7 +207,7 @@ class Run:
 
     def save_checkpoint(self, epoch: int, state: Any) -> Path:
         """Write ``state`` as the checkpoint of ``epoch`` (atomic; prunes to ``keep``)."""
-        meta = {"epoch": int(epoch), "config_hash": self.hash}
+        meta = {"epoch": int(epoch), "config_hash": self.hash, "layout": self.layout}
         step = _step_of(state)
         if step is not None:
             meta["step"] = step
@@ -250,6 +251,31 @@ class Run:
         epoch = self._fit_start + done
         self.save_checkpoint(epoch, state)
         self.epoch, self._last_step, self._last_time = epoch, step, time.perf_counter()
+
+    def _record_layout(self) -> None:
+        """The manifest of this attempt records the layout with its mesh (process 0)."""
+        path = self.dir / "manifest.json"
+        if distributed.is_main() and path.is_file():
+            manifest = _read_json(path)
+            if isinstance(manifest, dict):
+                manifest["layout"] = self.layout
+                _write_json(path, manifest)
+
+    def _check_layout(self) -> None:
+        """Resuming needs the layout (process count, mesh) that wrote the checkpoint
+        (its metadata records it): another adds the batch sums in another order, and
+        the resumed run would no longer equal one trained without a stop."""
+        before = self._resumed_layout  # None: a checkpoint from before layouts were kept
+        if before is not None and \
+                distributed.layout_key(before) != distributed.layout_key(self.layout):
+            shown = lambda v: (f"{v.get('process_count', 1)} process(es), "  # noqa: E731
+                               + (f"mesh {v['mesh']}" if v.get("mesh") else "no mesh"))
+            raise ExperimentError(
+                f"the checkpoint in {self.dir} was trained with {shown(before)}, and "
+                f"this attempt has {shown(self.layout)}: resuming across layouts would add "
+                "the batch sums in another order, so the run would no longer equal one "
+                "trained without a stop. Fix: resume with the recorded layout, or "
+                "--restart to train from scratch in this one.")
 
     def _check_space(self, state: Any) -> None:
         """Probe-write one checkpoint's worth of bytes and check room for ``keep + 1``
@@ -311,7 +337,12 @@ class Run:
                                     + (f" of length {len(validation_data)}"
                                        if hasattr(validation_data, "__len__") else ""))
                 check_dataset(*validation_data)
+            if mesh is not None:
+                self.layout = distributed.layout(mesh)
+                self._record_layout()
             state = self.resume_state(state)
+            if self.epoch:
+                self._check_layout()
             agree.same("the run folder as this process sees it",
                        ((self.dir / "config.json").is_file(), self.epoch),
                        f"every process must see the same run folder {self.dir}, on a file "
@@ -331,8 +362,6 @@ class Run:
                 self._check_space(state)
         if done:
             return state, self.history()
-        if mesh is not None:
-            self.layout = distributed.layout(mesh)
         self._last_time = time.perf_counter()
         try:
             state, _ = train.fit(model, loss, optimizer, state, x, y, epochs=epochs - self.epoch,

@@ -258,6 +258,7 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
 # Above this many patch entries (kh * kw * C_in * N * Ho * Wo, 64 MiB in float32) the
 # weight gradient is computed as a convolution rather than by im2col, to bound memory.
 IM2COL_MAX = 1 << 24
+_EXP = {"dw": "im2col", "dx": "eigen"}
 
 
 def conv_weight_grad(x: Array, dy: Array, window: tuple[int, int], strides: tuple[int, int],
@@ -277,7 +278,7 @@ def conv_weight_grad(x: Array, dy: Array, window: tuple[int, int], strides: tupl
     kh, kw = window
     n, ho, wo, o = dy.shape
     c = x.shape[-1]
-    if kh * kw * c * n * ho * wo > IM2COL_MAX:
+    if kh * kw * c * n * ho * wo > IM2COL_MAX or (_EXP["dw"] == "conv" and c > 1):
         return _conv_weight_grad_by_conv(x, dy, window, strides, pads)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0))) if any(map(any, pads)) else x
     patches = [lax.slice(xp, (0, u, v, 0), (n, u + (ho - 1) * strides[0] + 1,
@@ -323,6 +324,16 @@ def conv_input_grad(dy: Array, w: Array, size: tuple[int, int], strides: tuple[i
     # Full padding (k - 1 each side) less the forward's; negative pads crop.
     edges = [(k - 1 - lo, n - span + lo) for k, n, span, (lo, _) in
              zip((kh, kw), size, spans, pads)]
+    if _EXP["dx"] == "ynn":
+        dyp = lax.optimization_barrier(lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (*edges[0], strides[0] - 1), (*edges[1], strides[1] - 1), (0, 0, 0))))
+        return lax.conv_general_dilated(dyp, flipped, (1, 1), "VALID", dimension_numbers=_NHWC)
+    if _EXP["dx"] == "col2im":
+        assert strides == (1, 1)
+        n, ho, wo, o = dy.shape
+        c = w.shape[2]
+        cols = (dy.reshape(-1, o) @ w.reshape(kh * kw * c, o).T).reshape(n, ho, wo, kh, kw, c)
+        acc = sum(jnp.pad(cols[:, :, :, u, v, :], ((0, 0), (u, kh - 1 - u), (v, kw - 1 - v), (0, 0))) for u in range(kh) for v in range(kw))
+        return acc[:, pads[0][0]:pads[0][0] + size[0], pads[1][0]:pads[1][0] + size[1]]
     dx = lax.conv_general_dilated(dy, flipped, (1, 1), edges, lhs_dilation=strides,
                                   dimension_numbers=_NHWC)
     return dx

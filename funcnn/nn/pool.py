@@ -26,6 +26,7 @@ from funcnn.nn.layer import Layer, NoParams
 Array = jax.Array
 
 __all__ = ["max_pool", "avg_pool"]
+_EXP = {"pool": "pad"}
 
 
 def _taps(xp: Array, window, strides, outs):
@@ -72,6 +73,12 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
         x, y = tape
         pads, outs = geometry(x.shape[1], x.shape[2])
         xp = _pad(x, pads, pad_value)
+        if _EXP["pool"] == "stack":
+            assert window == strides and not any(map(any, pads)) and x.shape[1] % window[0] == 0 and x.shape[2] % window[1] == 0
+            gs = [g for u, v, g in backward_taps(_taps(xp, window, strides, outs), y, dy)]
+            n, h, w, c = x.shape
+            g = jnp.stack(gs, axis=3).reshape(n, outs[0], outs[1], window[0], window[1], c)
+            return NoParams(), g.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
         dxp = sum(_spread(g, u, v, strides, xp.shape)
                   for u, v, g in backward_taps(_taps(xp, window, strides, outs), y, dy))
         return NoParams(), dxp[:, pads[0][0]:pads[0][0] + x.shape[1],
