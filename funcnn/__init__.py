@@ -13,16 +13,18 @@ Modules, in the order data flows through them:
 - :mod:`funcnn.diagnostics`: gradient-flow diagnostics (Nielsen ch. 5) recorded in ``fit``.
 - :mod:`funcnn.train`: train state, train step, evaluate, and ``fit`` (compiled epochs).
 - :mod:`funcnn.parallel`: data parallelism over a device mesh (``fit(..., mesh=...)``).
+- :mod:`funcnn.distributed`: several processes (``jax.distributed``): input checks that
+  fail on every process together, data held in parts, process 0 writing the files.
 - :mod:`funcnn.sweep`: many configurations trained as one compiled program.
 - :mod:`funcnn.checkpoint`: save and load pytrees without pickle.
 - :mod:`funcnn.experiment`: run folders, manifests, metrics, resume, reproducibility.
 - :mod:`funcnn.book`: the NNFS book's set-ups, reproduced exactly.
 """
 
-from funcnn import (backprop, book, checkpoint, data, diagnostics, experiment, gradcheck, losses,
-                    metrics, nn, optim, parallel, sweep, train)
+from funcnn import (backprop, book, checkpoint, data, diagnostics, distributed, experiment,
+                    gradcheck, losses, metrics, nn, optim, parallel, sweep, train)
 
 __version__ = "0.1.0"
 __all__ = ["data", "nn", "metrics", "losses", "backprop", "gradcheck", "optim", "diagnostics",
-           "train", "parallel",
+           "train", "parallel", "distributed",
            "sweep", "checkpoint", "experiment", "book", "__version__"]

@@ -8,11 +8,13 @@ network. funcnn adds nothing to that runtime. What it adds are the checks that m
 mistake an error instead of a hang or a silent divergence, and the few host-side steps
 that differ when not every device is this process's own:
 
-* :func:`checked_together`: every process must call ``fit`` (or ``sweep.run``) with the same
-  settings, the same data and the same initial state; a process that differs would
-  either wait forever in a collective or train something else. Each process hashes
-  what must agree, the hashes are exchanged (one small all-gather), and every process
-  raises the same error, naming what differs and where, before anything is trained.
+* :func:`checked_together`: every process must call ``fit`` (or ``sweep.run``) with
+  the same settings, the same data and the same initial state, and a check that fails
+  on one process must stop them all; otherwise one process waits forever in a
+  collective that another never reaches, or trains something else. Each process runs
+  its checks, then all exchange (one small all-gather) whether they passed and hashes
+  of what must agree, and every process raises the same error, naming what differs
+  and where, before anything runs.
 * :func:`gather_processes`: a data set held in parts, one per process, becomes the
   whole set (the parts in process order) on every process.
 * :func:`global_array` and :func:`to_host`: arrays placed on, and fetched from, devices
