@@ -227,6 +227,12 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         another order). ``batch_size`` (and with ``drop_remainder=False`` the last
         smaller batch, and the validation set) must be a multiple of the axis's size:
         a ValueError before training otherwise. Default None: one device, as before.
+        A mesh over the devices of several processes (``jax.distributed``) works the
+        same: every process calls ``fit`` with the same arguments, the whole data set
+        (or its part gathered by :func:`funcnn.distributed.gather_processes`) and the
+        same initial state; a check that fails on any process, or a value that differs
+        between them, is the same ValueError on every process before training
+        (:func:`funcnn.distributed.checked_together`).
       batch_axis: the mesh axis (or a tuple of axes) to split the batch over.
 
     The history (:class:`History`) also keeps each row's ``step``, ``epoch`` and wall
