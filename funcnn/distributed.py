@@ -169,9 +169,12 @@ def checked_together(where: str, enabled: bool = True) -> Iterator[Agreement]:
             "items": {} if error is not None else
             {name: [fingerprint(v), _shown(v)] for name, v in agree.items.items()}}
     blob = json.dumps(mine).encode()
-    if len(blob) > _BLOB:  # a long message: keep its start
-        mine["error"] = mine["error"][:_BLOB // 2] + " ..."
-        blob = json.dumps(mine).encode()[:_BLOB]
+    if len(blob) > _BLOB and mine["error"]:  # a long message: keep its start
+        mine["error"] = mine["error"][:_BLOB // 4] + " ..."
+        blob = json.dumps(mine).encode()
+    if len(blob) > _BLOB:  # many long settings: compare their hashes only
+        mine["items"] = {name: [d, None] for name, (d, _) in mine["items"].items()}
+        blob = json.dumps(mine).encode()
     buf = np.zeros(_BLOB, np.uint8)
     buf[:len(blob)] = np.frombuffer(blob, np.uint8)
     everyone = np.asarray(multihost_utils.process_allgather(buf))  # (P, _BLOB)
@@ -192,7 +195,7 @@ def checked_together(where: str, enabled: bool = True) -> Iterator[Agreement]:
             groups.setdefault(s["items"][name][0], []).append(p)
         if len(groups) > 1:
             shown = [seen[ps[0]]["items"][name][1] for ps in groups.values()]
-            split = "; ".join(
+            split = ("; " if any(v is not None for v in shown) else " vs ").join(
                 (f"process {ps[0]}" if len(ps) == 1 else f"processes {ps}")
                 + (f": {v}" if v is not None else "") for ps, v in zip(groups.values(), shown))
             bad.append(f"{name} is not the same on every process ({split}); "
@@ -206,8 +209,7 @@ def checked_together(where: str, enabled: bool = True) -> Iterator[Agreement]:
 
 def _shown(value: Any) -> str | None:
     """A short ``repr`` of a setting for the error message; None for data."""
-    if jax.tree.leaves(value, is_leaf=lambda v: isinstance(v, (np.ndarray, jax.Array))) and \
-            any(isinstance(v, (np.ndarray, jax.Array)) for v in jax.tree.leaves(value)):
+    if any(isinstance(v, (np.ndarray, jax.Array)) for v in jax.tree.leaves(value)):
         return None
     text = repr(value)
     return text if len(text) <= 120 else None
