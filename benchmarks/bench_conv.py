@@ -9,7 +9,8 @@ batch size, one timed run is a fixed number of steps (200 at batch 10, 20 at 128
 ``--steps``), and the table gives milliseconds per step and ratios, all from one run:
 
 * ``funcnn fit (backprop)``: ``train.fit`` on device data (one epoch = one compiled
-  ``lax.scan``), hand rules (canonical NHWC/HWIO convolutions);
+  ``lax.scan``), hand rules (``funcnn.nn.conv``: the weight gradient a canonical
+  NHWC/HWIO convolution, the input gradient a matmul and col2im);
 * ``funcnn fit (jax)``: the same with ``engine="jax"`` (``jax.grad``; its transposed
   convolutions use swapped dimension numbers, slow on CPU inside a scan:
   jax-ml/jax#12868). Target: hand rules >= 10x faster at batch 10, 15x at 128;

@@ -68,7 +68,8 @@ def test_conv_rule_equals_jax_grad(shape, features, kernel, stride, padding):
 @pytest.mark.parametrize("shape,features,kernel,stride,padding", GEOMETRIES)
 def test_weight_gradient_im2col_equals_convolution_form(shape, features, kernel, stride,
                                                         padding):
-    """dW is computed by im2col unless the patches are large; both forms agree."""
+    """dW is computed by im2col for a one-channel input (unless the patches are large),
+    else as a convolution; both forms agree."""
     from funcnn.nn import conv
     layer = nn.conv2d(features, kernel, stride, padding)
     x = jax.random.normal(jax.random.key(1), (3, *shape), F64)

@@ -34,13 +34,20 @@ where ``W`` is zero outside its ``kh x kw`` support. That is a *full* convolutio
 input and output channels swapped: ``W'[u, v, o, c] = W[kh-1-u, kw-1-v, c, o]``.
 Crop ``dxp`` to the unpadded input and that is ``dx``.
 
+The same sum read the other way round, output by output, is how ``dx`` is computed:
+each output position ``(i, j)`` hands every tap ``(u, v)`` of its window the vector
+``cols[n, i, j, u, v, :] = sum_o dy[n, i, j, o] W[u, v, :, o]`` (one matmul of ``dy``
+with ``W`` transposed), and ``dxp[n, a, b]`` adds up what it was handed: the entries
+with ``s*i + u = a`` and ``s*j + v = b``, which is the formula above (col2im: each tap's
+share spread ``s`` apart onto the rows and columns it came from, summed over the taps).
+
 Why write these by hand, when ``jax.grad`` derives them? Its derivation
 (``lax.conv_general_dilated``'s transpose rules) expresses both as convolutions with
 swapped dimension numbers, which XLA's CPU backend runs far slower than a convolution
 in the layout it is tuned for, especially inside a ``lax.scan`` (jax-ml/jax#12868).
-Here ``dx`` is a convolution in canonical NHWC/HWIO layout with an explicit flip and
-transpose, and ``dW`` one matmul of the input's patches with ``dy`` (im2col; as a
-canonical convolution when the patches would be large); ``benchmarks/bench_conv.py``
+Here ``dW`` is a convolution in canonical NHWC/HWIO layout (one matmul of the patches,
+im2col, for a one-channel input) and ``dx`` the matmul and col2im above (the full
+convolution when the matmul's output would be large); ``benchmarks/bench_conv.py``
 measures the difference.
 """
 
@@ -238,7 +245,8 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
         return y + params.b[None, None, None, :]
 
     # The rule (derived in the module docstring): db sums dy over batch and positions;
-    # dW is one matmul of the input's patches with dy, dx a canonical NHWC/HWIO convolution.
+    # dW is a canonical NHWC/HWIO convolution (im2col for one input channel), dx a matmul
+    # of dy with W followed by col2im.
     # dW and db sum over the batch, so with the batch split over devices their
     # all-reduce is the data-parallel gradient all-reduce (see the dense rule); dW
     # names its output sharding for Explicit meshes (funcnn.parallel).
@@ -255,51 +263,47 @@ def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequen
                          "padding": padding, "init": init, "bias_init": bias_init})
 
 
-# Above this many patch entries (kh * kw * C_in * N * Ho * Wo, 64 MiB in float32) the
-# weight gradient is computed as a convolution rather than by im2col, to bound memory.
+# Above this many entries (kh * kw * C * N * Ho * Wo, 64 MiB in float32) in the patch
+# matrix of an im2col or in the matmul's output of a col2im, the convolution form is
+# used instead, to bound memory.
 IM2COL_MAX = 1 << 24
-_EXP = {"dw": "im2col", "dx": "eigen"}
 
 
 def conv_weight_grad(x: Array, dy: Array, window: tuple[int, int], strides: tuple[int, int],
                      pads: tuple[tuple[int, int], ...]) -> Array:
     """``dW[u, v, c, o] = sum_{n,i,j} xp[n, s*i+u, s*j+v, c] dy[n, i, j, o]``.
 
-    For each kernel tap ``(u, v)`` the input values it met form a "patch" of shape
-    ``(N, Ho, Wo, C)``; stacked, the patches are an ``(N*Ho*Wo, kh*kw*C)`` matrix
-    (im2col) and ``dW`` is one matmul of its transpose with ``dy``. Measured on a
-    2-core CPU for Nielsen's nets (``benchmarks/bench_conv.py``), that beats the same
-    sum written as a convolution (the channels-as-batch input ``(C, H, W, N)`` with
-    ``dy`` as an ``(Ho, Wo, N, O)`` kernel, taps ``s`` apart) by 1.3x, and 3-5x for a
-    one-channel input, where that convolution has a huge kernel and a 5x5 output.
-    Larger problems (more than ``IM2COL_MAX`` patch entries) use the convolution,
-    which needs no patch matrix.
+    A convolution in canonical NHWC/HWIO layout (:func:`_conv_weight_grad_by_conv`),
+    except for a one-channel input (the first layer on grayscale images), where that
+    convolution has a kernel as large as the image and a ``kh x kw`` output: there the
+    input values each kernel tap ``(u, v)`` met form a row of a ``(kh*kw, N*Ho*Wo)``
+    matrix (im2col) and ``dW`` is one matmul of it with ``dy``, unless that matrix
+    would hold more than ``IM2COL_MAX`` entries. Measured on a 2-core CPU in Nielsen's
+    ``dbl_conv`` (``benchmarks/bench_conv.py``; XLA's CPU backend runs this convolution
+    with YNNPACK, but the im2col matmul of a many-channel input, ``patches^T dy``, which
+    contracts its operands' leading axis, with Eigen), the convolution form for the
+    second layer (20 channels in) made the whole training step about 1.2x faster than
+    im2col at batch 10 and 1.08x at batch 128; for the first layer (one channel in)
+    im2col was as fast at batch 10 and 1.25x faster at batch 128.
     """
     kh, kw = window
     n, ho, wo, o = dy.shape
     c = x.shape[-1]
-    if kh * kw * c * n * ho * wo > IM2COL_MAX or (_EXP["dw"] == "conv" and c > 1):
+    if c > 1 or kh * kw * n * ho * wo > IM2COL_MAX:
         return _conv_weight_grad_by_conv(x, dy, window, strides, pads)
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0))) if any(map(any, pads)) else x
-    patches = [lax.slice(xp, (0, u, v, 0), (n, u + (ho - 1) * strides[0] + 1,
-                                            v + (wo - 1) * strides[1] + 1, c),
-                         (1, *strides, 1)) for u in range(kh) for v in range(kw)]
-    dy2 = dy.reshape(n * ho * wo, o)
-    if c == 1:   # (kh*kw, N*Ho*Wo) is already the layout the matmul wants
-        cols = jnp.stack([p.reshape(-1) for p in patches])
-        return parallel.batch_matmul(cols, dy2).reshape(kh, kw, 1, o)
-    cols = jnp.stack(patches, axis=3)
-    if parallel.sharded_in_type(cols):
-        # On an Explicit mesh JAX follows the batch's sharding through a reshape that
-        # merges one group of axes at a time: (N, Ho, Wo) into rows first.
-        cols = cols.reshape(n * ho * wo, kh * kw, c)
-    cols = cols.reshape(n * ho * wo, kh * kw * c)
+    cols = jnp.stack([lax.slice(xp, (0, u, v, 0), (n, u + (ho - 1) * strides[0] + 1,
+                                                   v + (wo - 1) * strides[1] + 1, 1),
+                                (1, *strides, 1)).reshape(-1)
+                      for u in range(kh) for v in range(kw)])
     # The contraction over N*Ho*Wo sums over the (possibly sharded) batch: all-reduced.
-    return parallel.batch_matmul(cols.T, dy2).reshape(kh, kw, c, o)
+    return parallel.batch_matmul(cols, dy.reshape(n * ho * wo, o)).reshape(kh, kw, 1, o)
 
 
 def _conv_weight_grad_by_conv(x, dy, window, strides, pads):
-    """:func:`conv_weight_grad` as a convolution, in canonical NHWC/HWIO layout."""
+    """:func:`conv_weight_grad` as a convolution, in canonical NHWC/HWIO layout: the
+    channels-as-batch input ``(C, H, W, N)`` with ``dy`` as an ``(Ho, Wo, N, O)``
+    kernel, taps ``s`` apart."""
     kh, kw = window
     ho, wo = dy.shape[1], dy.shape[2]
     # Pad as the forward pass did, but end at the last row and column a window reads
@@ -316,24 +320,47 @@ def _conv_weight_grad_by_conv(x, dy, window, strides, pads):
 
 def conv_input_grad(dy: Array, w: Array, size: tuple[int, int], strides: tuple[int, int],
                     pads: tuple[tuple[int, int], ...]) -> Array:
-    """``dx``: the full convolution of ``dy`` (zeros inserted ``s`` apart) with the kernel
-    flipped in space and with its input and output channels swapped, cropped to ``x``."""
+    """``dx``, by col2im (see the module docstring): ``cols = dy W^T``, each tap's
+    share spread ``s`` apart onto the input's rows and columns, summed, and cropped to
+    the unpadded input.
+
+    The spreads are summed along the columns within each kernel row, then the rows'
+    sums along the rows. Measured on a 2-core CPU in ``dbl_conv``
+    (``benchmarks/bench_conv.py``), that made the training step about 1.35x faster at
+    batch 10 and 1.07x at batch 128 than the full convolution below (which XLA's CPU
+    backend runs with Eigen: YNNPACK takes no convolution whose output is larger than
+    its unpadded input), and than the same ``kh * kw`` spreads summed at once (1.2x
+    and 1.4x). Above ``IM2COL_MAX`` entries in ``cols``: the full convolution of
+    ``dy`` (spread out with ``s - 1`` zeros between its entries, padded by ``k - 1``)
+    with the kernel flipped and its channels swapped, which needs no ``cols``.
+    """
+    kh, kw, c, _ = w.shape
+    n, ho, wo, _ = dy.shape
+    if kh * kw * c * n * ho * wo > IM2COL_MAX:
+        return _conv_input_grad_by_conv(dy, w, size, strides, pads)
+    # (N, Ho, Wo, kh, kw, C); the kernel's O first, as the matmul wants it.
+    cols = lax.dot_general(dy, w.transpose(3, 0, 1, 2), (((3,), (0,)), ((), ())))
+    zero = jnp.zeros((), cols.dtype)
+
+    def spread(g, axis, tap):
+        """``g``'s entry ``i`` along ``axis`` (1: rows, 2: columns) at ``s*i + tap``
+        of the padded input, cut to the unpadded one (negative pads crop)."""
+        config = [(0, 0, 0)] * 4
+        s, lo, m = strides[axis - 1], pads[axis - 1][0], g.shape[axis]
+        config[axis] = (tap - lo, size[axis - 1] + lo - tap - (m - 1) * s - 1, s - 1)
+        return lax.pad(g, zero, config)
+
+    return sum(spread(sum(spread(cols[:, :, :, u, v], 2, v) for v in range(kw)), 1, u)
+               for u in range(kh))
+
+
+def _conv_input_grad_by_conv(dy, w, size, strides, pads):
+    """:func:`conv_input_grad` as the full convolution, in canonical NHWC/HWIO layout."""
     kh, kw = w.shape[:2]
     flipped = jnp.flip(w, axis=(0, 1)).transpose(0, 1, 3, 2)   # (kh, kw, O, C)
     spans = [(dy.shape[1] - 1) * strides[0] + 1, (dy.shape[2] - 1) * strides[1] + 1]
     # Full padding (k - 1 each side) less the forward's; negative pads crop.
     edges = [(k - 1 - lo, n - span + lo) for k, n, span, (lo, _) in
              zip((kh, kw), size, spans, pads)]
-    if _EXP["dx"] == "ynn":
-        dyp = lax.optimization_barrier(lax.pad(dy, jnp.zeros((), dy.dtype), ((0, 0, 0), (*edges[0], strides[0] - 1), (*edges[1], strides[1] - 1), (0, 0, 0))))
-        return lax.conv_general_dilated(dyp, flipped, (1, 1), "VALID", dimension_numbers=_NHWC)
-    if _EXP["dx"] == "col2im":
-        assert strides == (1, 1)
-        n, ho, wo, o = dy.shape
-        c = w.shape[2]
-        cols = (dy.reshape(-1, o) @ w.reshape(kh * kw * c, o).T).reshape(n, ho, wo, kh, kw, c)
-        acc = sum(jnp.pad(cols[:, :, :, u, v, :], ((0, 0), (u, kh - 1 - u), (v, kw - 1 - v), (0, 0))) for u in range(kh) for v in range(kw))
-        return acc[:, pads[0][0]:pads[0][0] + size[0], pads[1][0]:pads[1][0] + size[1]]
-    dx = lax.conv_general_dilated(dy, flipped, (1, 1), edges, lhs_dilation=strides,
-                                  dimension_numbers=_NHWC)
-    return dx
+    return lax.conv_general_dilated(dy, flipped, (1, 1), edges, lhs_dilation=strides,
+                                    dimension_numbers=_NHWC)

@@ -8,7 +8,12 @@ that offset. A window's output is the max (or mean) of its ``kh * kw`` taps.
 The backward rules send ``dy`` back through the taps: each tap's share of ``dy`` is
 spread onto the input rows and columns it came from (``s - 1`` zeros between entries,
 an interior-padded ``lax.pad``), and the spreads are summed, so overlapping windows
-(stride below the window) add up as they should.
+(stride below the window) add up as they should. When the windows tile the input
+(stride equal to the window, as in Nielsen's and LeNet's 2x2 pooling) the taps meet
+every input element at most once, so their shares are simply interleaved: stacked
+and reshaped into the windows' places, one pass instead of a sum of ``kh * kw``
+spreads (measured on a 2-core CPU in ``dbl_conv``, ``benchmarks/bench_conv.py``:
+the training step about 1.1x faster at batch 10, as fast at batch 128).
 """
 
 from __future__ import annotations
@@ -26,7 +31,6 @@ from funcnn.nn.layer import Layer, NoParams
 Array = jax.Array
 
 __all__ = ["max_pool", "avg_pool"]
-_EXP = {"pool": "pad"}
 
 
 def _taps(xp: Array, window, strides, outs):
@@ -46,6 +50,22 @@ def _spread(g: Array, u: int, v: int, strides, padded_shape) -> Array:
     zero = jnp.zeros((), g.dtype)
     return lax.pad(g, zero, ((0, 0, 0), (u, hp - u - (g.shape[1] - 1) * sh - 1, sh - 1),
                              (v, wp - v - (g.shape[2] - 1) * sw - 1, sw - 1), (0, 0, 0)))
+
+
+def _interleave(shares, window, pads, x_shape) -> Array:
+    """For windows that tile the input (stride = window): the taps' shares, in
+    row-major order of the offsets, put back in their windows' places, ``share[:, i, j]``
+    of tap ``(u, v)`` at ``[:, kh*i + u, kw*j + v]`` of the padded input; then cut to
+    the unpadded input (zeros for the rows and columns no window covers)."""
+    (kh, kw), (n, h, w, c) = window, x_shape
+    ho, wo = shares[0].shape[1:3]
+    g = jnp.stack(shares, axis=3).reshape(n, ho, wo, kh, kw, c).transpose(0, 1, 3, 2, 4, 5)
+    # One group of axes merged at a time: on an Explicit mesh JAX follows the batch's
+    # sharding through such reshapes only.
+    g = g.reshape(n, ho * kh, wo, kw, c).reshape(n, ho * kh, wo * kw, c)
+    (top, _), (left, _) = pads
+    return lax.pad(g, jnp.zeros((), g.dtype), ((0, 0, 0), (-top, h + top - ho * kh, 0),
+                                               (-left, w + left - wo * kw, 0), (0, 0, 0)))
 
 
 def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward_taps
@@ -73,14 +93,11 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
         x, y = tape
         pads, outs = geometry(x.shape[1], x.shape[2])
         xp = _pad(x, pads, pad_value)
-        if _EXP["pool"] == "stack":
-            assert window == strides and not any(map(any, pads)) and x.shape[1] % window[0] == 0 and x.shape[2] % window[1] == 0
-            gs = [g for u, v, g in backward_taps(_taps(xp, window, strides, outs), y, dy)]
-            n, h, w, c = x.shape
-            g = jnp.stack(gs, axis=3).reshape(n, outs[0], outs[1], window[0], window[1], c)
-            return NoParams(), g.transpose(0, 1, 3, 2, 4, 5).reshape(n, h, w, c)
-        dxp = sum(_spread(g, u, v, strides, xp.shape)
-                  for u, v, g in backward_taps(_taps(xp, window, strides, outs), y, dy))
+        shares = backward_taps(_taps(xp, window, strides, outs), y, dy)
+        if window == strides:
+            return NoParams(), _interleave([g for _, _, g in shares], window, pads,
+                                           x.shape)
+        dxp = sum(_spread(g, u, v, strides, xp.shape) for u, v, g in shares)
         return NoParams(), dxp[:, pads[0][0]:pads[0][0] + x.shape[1],
                                pads[1][0]:pads[1][0] + x.shape[2]]
 
@@ -111,8 +128,8 @@ def max_pool(window: int | Sequence[int], stride: int | Sequence[int],
     split is a valid subgradient; this one keeps the gradient's sum equal to ``dy``'s.)
     """
     def reduce(xp, window, strides):
-        return lax.reduce_window(xp, np.array(-np.inf, xp.dtype), lax.max, (1, *window, 1), (1, *strides, 1),
-                                 "VALID")
+        return lax.reduce_window(xp, np.array(-np.inf, xp.dtype), lax.max, (1, *window, 1),
+                                 (1, *strides, 1), "VALID")
 
     # Walk the taps in row-major order; the first tap equal to the window's max, and
     # not already claimed by an earlier tap, takes the whole dy.
