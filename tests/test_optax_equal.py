@@ -1,6 +1,7 @@
 """funcnn's transforms, optimizers and schedules equal optax's, name for name.
 
-Each pair runs 1000 updates on the same random gradients inside one ``lax.scan``;
+Each pair runs 1000 updates on the same random gradients, each inside its own ``lax.scan``
+(all the cases in one compiled program, see ``run_all``);
 the parameter trajectories must agree to 1e-12 in float64 (here) and 1e-6 in float32
 (in a subprocess without x64), relative to the trajectory's scale. Then funcnn's and
 optax's pieces mix inside one chain either way, and the cells of optax's "Getting
@@ -24,15 +25,29 @@ import pytest  # noqa: E402
 
 from funcnn import optim as O  # noqa: E402
 from tests.optax_cases import (NOTEBOOK, OPTIMIZERS, SCHEDULES, STEPS,  # noqa: E402
-                               TRANSFORMS, _getting_started, _grads, _lin, _params, _run,
-                               assert_same, compare)
+                               TRANSFORMS, _getting_started, _grads, _lin, _pair, _params,
+                               _run, assert_same, compare, run_all)
 
 optax = pytest.importorskip("optax")
 
 
+@pytest.fixture(scope="module")
+def float64_runs():
+    """Every case's two trajectories from one compiled program (see run_all); None if
+    building it fails, and each case then runs alone, so that the failure is its own."""
+    names = [*TRANSFORMS, *OPTIMIZERS]
+    try:
+        return run_all({n: _pair(n, jnp.float64, optax) for n in names}, jnp.float64)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 @pytest.mark.parametrize("name", list(TRANSFORMS) + list(OPTIMIZERS))
-def test_equals_optax_over_1000_steps_float64(name):
-    compare(name, jnp.float64, optax)
+def test_equals_optax_over_1000_steps_float64(name, float64_runs):
+    if float64_runs is None:
+        compare(name, jnp.float64, optax)
+    else:
+        assert_same(*float64_runs[name], jnp.float64)
 
 
 def test_equals_optax_over_1000_steps_float32():
@@ -61,9 +76,10 @@ def test_inject_hyperparams_state_reads_like_optax():
     ours = O.inject_hyperparams(O.adam)(learning_rate=_lin(O))
     theirs = optax.inject_hyperparams(optax.adam)(learning_rate=_lin(optax))
     s, t = ours.init(params), theirs.init(params)
+    ours_update, theirs_update = jax.jit(ours.update), jax.jit(theirs.update)  # 2 compiles
     for i in range(5):
         g = jax.tree.map(lambda x: x[i], grads)
-        (_, s), (_, t) = ours.update(g, s, params), theirs.update(g, t, params)
+        (_, s), (_, t) = ours_update(g, s, params), theirs_update(g, t, params)
         assert float(s.hyperparams["learning_rate"]) == pytest.approx(
             float(t.hyperparams["learning_rate"]), rel=1e-12)
     # a number may be changed between steps, as in optax
@@ -80,8 +96,9 @@ def test_multisteps_has_updated_and_equals_a_k_times_larger_batch():
     opt = O.MultiSteps(O.adam(0.1), 3, accumulator_dtype=jnp.float64)
     s, p = opt.init(params), params
     flags = []
+    update = jax.jit(opt.update)  # one compile, not one per op
     for i in range(6):
-        u, s = opt.update(jax.tree.map(lambda x: x[i], grads), s, p)
+        u, s = update(jax.tree.map(lambda x: x[i], grads), s, p)
         p = O.apply_updates(p, u)
         flags.append(bool(opt.has_updated(s)))
     assert flags == [False, False, True, False, False, True]
@@ -97,8 +114,9 @@ def test_pieces_mix_inside_one_chain_either_way():
     optax_outside = optax.chain(O.clip_by_global_norm(3.0), optax.scale_by_adam(), O.scale(-1e-2))
     nested = O.chain(optax.chain(O.clip_by_global_norm(3.0), optax.scale_by_adam()),
                      O.scale(-1e-2))
-    for opt in (ours_outside, optax_outside, nested):
-        assert_same(_run(opt, params, grads), ref, jnp.float64)
+    runs = run_all({"mixed": (ours_outside, optax_outside, nested)}, jnp.float64)
+    for trajectory in runs["mixed"]:
+        assert_same(trajectory, ref, jnp.float64)
     # funcnn's names still reach the funcnn links of a mixed chain
     s = ours_outside.init(params)
     assert set(O.hyperparams(s)) == {"b1", "b2", "eps", "eps_root"}

@@ -5,6 +5,7 @@ float64 so that "equal to fit" can be checked to ~1e-10.
 """
 
 import dataclasses
+import functools
 import json
 import os
 import subprocess
@@ -34,10 +35,17 @@ F64 = jnp.float64
 RTOL, ATOL = 1e-9, 1e-12
 
 
+@functools.cache
+def _adam(lr, decay):
+    """A configuration's own optimizer, built once: optimizers hash by identity, so the
+    fits of one (lr, decay) (other seeds, penalties) share fit's compiled programs."""
+    return optim.adam(optim.inverse_time_decay(lr, decay))
+
+
 def _fit(lr=0.01, decay=0.0, seed=0, model=MODEL, penalty=None, opt=None, epochs=EPOCHS,
          batch_size=BATCH, **kw):
     """One configuration trained alone, as a user would: its own optimizer and fit."""
-    opt = opt or optim.adam(optim.inverse_time_decay(lr, decay))
+    opt = opt or _adam(lr, decay)
     state = train.init_state(model, opt, jax.random.key(seed), (2,), dtype=F64)
     return train.fit(model, LOSS, opt, state, X, Y, epochs=epochs, batch_size=batch_size,
                      penalty=penalty, progress=False, **kw)
@@ -95,12 +103,13 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     assert jax.device_count() == 2, jax.devices()
     space = t.sweep.grid(learning_rate=[0.01, 0.05, 0.02], seed=[0, 3])  # 6: 3 per device
     space = space + t.sweep.zipped(learning_rate=[1e300], seed=[1])     # 7: padded to 8
+    fits = [t._fit(lr=c["learning_rate"], seed=c["seed"]) for c in space.rows()[:6]]
     for chunk in (1, None):
         res = t._sweep(space, strategy="sharded", chunk_size=chunk)
         assert res.devices == 2 and len(res) == 7
         assert res.diverged.tolist() == [False] * 6 + [True], res.diverged
-        for i, c in enumerate(space.rows()[:6]):
-            t._assert_equals_fit(res, i, *t._fit(lr=c["learning_rate"], seed=c["seed"]))
+        for i, fit in enumerate(fits):
+            t._assert_equals_fit(res, i, *fit)
     auto = t._sweep(space)
     assert (auto.strategy, auto.chunk_size, auto.devices) == ("sharded", 1, 2), auto
     print("OK")
