@@ -87,11 +87,14 @@ _REFERENCE = {}  # one-device runs, shared by the Explicit and Auto cases
 SGD = optim.sgd(0.05, momentum=0.9)
 
 
-def fit_pair(model, engine, mesh_kind, dtype, *, val=False, steps=None, **fit_kw):
+def fit_pair(model, engine, mesh_kind, dtype, *, val=False, steps=None, placed=False,
+             **fit_kw):
     """The largest relative difference between ``fit`` on a mesh of 4 and without.
 
     With ``steps`` the run on the mesh trains ``steps`` updates in rows of one epoch
-    (``run_steps``), which is the same training as the reference's ``epochs``."""
+    (``run_steps``), which is the same training as the reference's ``epochs``. With
+    ``placed`` the data given to ``fit`` on the mesh is already there (replicated), as
+    a user who placed it would pass it."""
     kind = "conv" if model.children[0].name == "conv2d" else "dense"
     x, y, shape = _data(kind, 64)
     kw = dict(epochs=2, batch_size=16, engine=engine)
@@ -101,7 +104,11 @@ def fit_pair(model, engine, mesh_kind, dtype, *, val=False, steps=None, **fit_kw
 
     def run(mesh, **more):
         state = train.init_state(model, SGD, jax.random.key(0), shape, dtype=dtype)
-        s, h = train.fit(model, SCE, SGD, state, x, y, mesh=mesh, **{**kw, **more})
+        data = (x, y)
+        if placed and mesh is not None:
+            data = jax.device_put(data, jax.sharding.NamedSharding(
+                mesh, jax.sharding.PartitionSpec()))
+        s, h = train.fit(model, SCE, SGD, state, *data, mesh=mesh, **{**kw, **more})
         return s, _history(h)
 
     key = (id(model), engine, jnp.dtype(dtype).name, repr(sorted(fit_kw.items())), val)
@@ -212,6 +219,9 @@ def main(part: int | None = None) -> dict:
              mesh_kind, f32, val=True, **last)
         case(0, f"dense/jax/{mesh_kind}/float64", fit_pair, DENSE, "jax", mesh_kind, f64)
         case(1, f"conv/jax/{mesh_kind}/float32", fit_pair, CONV, "jax", mesh_kind, f32)
+    # data the caller already placed on the mesh (replicated) trains as host data does
+    case(0, "dense_placed/backprop/Explicit/float32", fit_pair, DENSE, "backprop",
+         "Explicit", f32, val=True, placed=True, **last)
     # fit(steps=...) (run_steps) on the mesh against fit(epochs=2) on one device
     case(0, "dense_steps/backprop/Explicit/float32", fit_pair, DENSE, "backprop",
          "Explicit", f32, val=True, steps=6, **last)

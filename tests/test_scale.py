@@ -58,7 +58,8 @@ def _fit_cases():
     for mesh in ("Explicit", "Auto"):
         names += [f"dense/backprop/{mesh}/float32", f"dense/jax/{mesh}/float64",
                   f"conv/jax/{mesh}/float32"]
-    return names + ["dense_steps/backprop/Explicit/float32", "conv/backprop/Explicit/float32",
+    return names + ["dense_placed/backprop/Explicit/float32",
+                    "dense_steps/backprop/Explicit/float32", "conv/backprop/Explicit/float32",
                     "conv_by_conv/backprop/Explicit/float64"]
 
 

@@ -85,7 +85,9 @@ def device_data(x: Any, y: Any, *, num_classes: int | None = None,
         check_dataset(np.asarray(x), np.asarray(y), num_classes=num_classes)
     _check_range(x, dtype, "x")
     xd = jnp.asarray(x, dtype)
-    yd = jnp.asarray(y, jnp.int32) if jnp.issubdtype(jnp.asarray(y[:0]).dtype, jnp.integer) \
+    # y's dtype without indexing y (an array placed on a mesh cannot be sliced outside it)
+    y_dtype = y.dtype if hasattr(y, "dtype") else np.asarray(y).dtype
+    yd = jnp.asarray(y, jnp.int32) if jnp.issubdtype(y_dtype, jnp.integer) \
         else jnp.asarray(y, dtype)
     return DeviceData(xd, yd, num_classes)
 
