@@ -1,6 +1,7 @@
 """Convolutional training step: funcnn's hand rules against ``jax.grad`` and the peers.
 
     python benchmarks/bench_conv.py [--batch 10,128] [--repeat 3] [--scale] [--skip-peers]
+    python benchmarks/bench_conv.py --cpu-devices 2   # also fit over a 2-device CPU mesh
 
 The net is Nielsen's ``dbl_conv`` (``funcnn.book.network3("dbl_conv")``: 28x28x1 ->
 conv 5x5 20, max-pool 2, sigmoid -> conv 5x5 40, max-pool 2, sigmoid -> 100 sigmoid ->
@@ -24,6 +25,13 @@ batch size, one timed run is a fixed number of steps (200 at batch 10, 20 at 128
 * ``matmul floor``: the step's FLOPs (9.2 MFLOP per example: forward, both weight
   gradients, the second convolution's input gradient, the dense layers) divided by
   the rate of a 2048x2048 float32 matmul on this machine. Target: fit within 4x.
+
+``--cpu-devices N`` makes JAX present the CPU as ``N`` devices
+(``sweep.use_cpu_devices``) and adds ``funcnn fit (backprop|jax), N-device mesh``:
+the same ``fit`` with ``mesh=jax.make_mesh((N,), ("data",))``, each step's batch split
+over the devices, which run in parallel (data parallelism within one CPU). A small
+batch's operations are too small for XLA to spread over the cores, so on a 2-core CPU
+this is the way to use the second core at batch 10.
 
 ``--sweep`` adds a sweep of four learning rates of the same net (``sweep.run``, 100
 steps of batch 10 each) under ``strategy="auto"`` and each explicit strategy: on a
@@ -83,7 +91,7 @@ def data(steps: int, batch: int):
     return x, y
 
 
-def funcnn_contenders(x, y, batch):
+def funcnn_contenders(x, y, batch, mesh=None):
     model, _, _ = book.network3("dbl_conv")
     opt = optim.sgd(LR)
     state = train.init_state(model, opt, jax.random.key(0), (28, 28, 1))
@@ -96,6 +104,16 @@ def funcnn_contenders(x, y, batch):
                              engine=engine, progress=False)
             return s.params
         out[f"funcnn fit ({engine})"] = run
+    if mesh is not None:
+        # The data replicated on the mesh's devices once, as fit would place it.
+        on_mesh = jax.device_put((x, y), jax.sharding.NamedSharding(
+            mesh, jax.sharding.PartitionSpec()))
+        for engine in ("backprop", "jax"):
+            def run(engine=engine):
+                s, _ = train.fit(model, loss, opt, state, *on_mesh, epochs=1, batch_size=batch,
+                                 engine=engine, progress=False, mesh=mesh)
+                return s.params
+            out[f"funcnn fit ({engine}), {mesh.size}-device mesh"] = run
     xb = jnp.asarray(x).reshape(-1, batch, 28, 28, 1)
     yb = jnp.asarray(y).reshape(-1, batch)
     for engine, label in (("backprop", "hand"), ("jax", "jax.grad")):
@@ -227,7 +245,13 @@ def main() -> None:
     ap.add_argument("--scale", action="store_true", help="GPU: 10x the steps per run")
     ap.add_argument("--skip-peers", action="store_true", help="no Flax / Equinox rows")
     ap.add_argument("--sweep", action="store_true", help="also time sweep strategies")
+    ap.add_argument("--cpu-devices", type=int, default=None,
+                    help="present the CPU as N devices and add fit over an N-device mesh")
     args = ap.parse_args()
+    mesh = None
+    if args.cpu_devices:
+        sweep.use_cpu_devices(args.cpu_devices)   # before JAX starts
+        mesh = jax.make_mesh((args.cpu_devices,), ("data",))
     print(env_line())
     rate = matmul_rate()
     print(f"matmul 2048x2048 float32: {rate / 1e9:.0f} GFLOP/s; dbl_conv trains "
@@ -236,7 +260,7 @@ def main() -> None:
     for batch in (int(b) for b in args.batch.split(",")):
         steps = args.steps or (200 if batch <= 32 else 20) * (10 if args.scale else 1)
         x, y = data(steps, batch)
-        fns = funcnn_contenders(x, y, batch)
+        fns = funcnn_contenders(x, y, batch, mesh)
         if not args.skip_peers:
             for make in (flax_contender, equinox_contender):
                 try:
@@ -254,6 +278,11 @@ def main() -> None:
         print_table(rows, ["contender", "ms/step", "x funcnn fit (backprop)"])
         print(f"funcnn fit: {ms['funcnn fit (jax)'] / hand:.1f}x faster than engine='jax'; "
               f"{hand / floor:.1f}x the matmul floor")
+        if mesh is not None:
+            on = ms[f"funcnn fit (backprop), {mesh.size}-device mesh"]
+            print(f"over a {mesh.size}-device CPU mesh: {hand / on:.2f}x the one-device fit; "
+                  f"{ms[f'funcnn fit (jax), {mesh.size}-device mesh'] / on:.1f}x faster than "
+                  f"engine='jax' over the same mesh; {on / floor:.1f}x the matmul floor")
     if args.sweep:
         bench_sweep(args.repeat)
 
