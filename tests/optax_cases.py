@@ -5,6 +5,7 @@ default (x64 off), where optax computes in float32 the way funcnn does; with x64
 optax's Python-float hyperparameters would make its float32 run partly float64.
 """
 
+import functools
 import json
 import sys
 
@@ -123,6 +124,10 @@ OPTIMIZERS = {
                                          accumulator_dtype=None),
     "multisteps_sum": lambda f: f.MultiSteps(f.sgd(1e-3, 0.9), 4, use_grad_mean=False,
                                              accumulator_dtype=None),
+    # the large gradients (a tenth of the steps, ||g||^2 ~ 1200 against ~16) are skipped
+    "multisteps_skip_large": lambda f: f.MultiSteps(
+        f.adam(1e-2), 3, should_skip_update_fn=functools.partial(
+            f.skip_large_updates, max_squared_norm=200.0), accumulator_dtype=None),
 }
 
 
@@ -188,9 +193,11 @@ def _pair(name, dtype, optax):
     make = {**TRANSFORMS, **OPTIMIZERS}[name]
     ours, theirs = make(O), make(optax)
     if "multisteps" in name:  # optax's default accumulates in float32 even in float64 runs
-        ours = O.MultiSteps(ours.inner_opt, ours._every_k, ours._use_grad_mean, None, dtype)
+        ours = O.MultiSteps(ours.inner_opt, ours._every_k, ours._use_grad_mean,
+                            ours._should_skip, dtype)
         theirs = optax.MultiSteps(theirs.inner_opt, theirs._every_k_schedule,
-                                  theirs._use_grad_mean, accumulator_dtype=dtype)
+                                  theirs._use_grad_mean, theirs._should_skip_update_fn,
+                                  accumulator_dtype=dtype)
     return ours, theirs
 
 

@@ -26,7 +26,7 @@ import pytest  # noqa: E402
 from funcnn import optim as O  # noqa: E402
 from tests.optax_cases import (NOTEBOOK, OPTIMIZERS, SCHEDULES, STEPS,  # noqa: E402
                                TRANSFORMS, _getting_started, _grads, _lin, _pair, _params,
-                               _run, assert_same, compare, run_all)
+                               _run, _trajectory, assert_same, compare, run_all)
 
 optax = pytest.importorskip("optax")
 
@@ -104,6 +104,42 @@ def test_multisteps_has_updated_and_equals_a_k_times_larger_batch():
     assert flags == [False, False, True, False, False, True]
     ref = _run(O.adam(0.1), params, big)
     assert_same(p, jax.tree.map(lambda x: x[-1], ref), jnp.float64)
+
+
+def test_multisteps_skips_gradients_that_are_not_finite_as_optax():
+    """NaN and inf gradients (steps 1 and 4 of 8) are left out of the accumulation, the
+    counts and the inner state; the other steps train as optax's, and skip_state reports
+    the same."""
+    params, grads = _params(jnp.float64), _grads(jnp.float64, steps=8)
+    grads["w"] = grads["w"].at[1, 0, 0].set(jnp.nan).at[4, 2, 1].set(jnp.inf)
+    ours = O.MultiSteps(O.adam(0.1), 2, should_skip_update_fn=O.skip_not_finite,
+                        accumulator_dtype=jnp.float64)
+    theirs = optax.MultiSteps(optax.adam(0.1), 2, should_skip_update_fn=optax.skip_not_finite,
+                              accumulator_dtype=jnp.float64)
+    run = jax.jit(lambda p, gs: (_trajectory(ours, p, gs), _trajectory(theirs, p, gs)))
+    a, b = run(params, grads)
+    assert all(np.isfinite(leaf).all() for leaf in jax.tree.leaves(a))
+    assert_same(a, b, jnp.float64)
+    s = ours.init(params)
+    assert jax.tree.map(lambda v: v.item(), s.skip_state) == {"should_skip": False,
+                                                              "num_not_finite": 0}
+    for i in range(3):
+        _, s = ours.update(jax.tree.map(lambda g: g[i], grads), s, params)
+    # step 1 was skipped: two gradients taken (one inner update), skip_state from step 2
+    assert (int(s.mini_step), int(s.gradient_step)) == (0, 1)
+    assert int(s.skip_state["num_not_finite"]) == 0
+    _, s = ours.update(jax.tree.map(lambda g: g[1], grads), s, params)
+    assert bool(s.skip_state["should_skip"]) and int(s.skip_state["num_not_finite"]) == 1
+    assert (int(s.mini_step), int(s.gradient_step)) == (0, 1)
+
+
+def test_multisteps_skip_function_errors():
+    params = _params(jnp.float64)
+    with pytest.raises(TypeError, match="should_skip_update_fn must be a function"):
+        O.MultiSteps(O.sgd(0.1), 2, should_skip_update_fn=True)
+    bad = O.MultiSteps(O.sgd(0.1), 2, should_skip_update_fn=lambda u, n, p: (1.0, ()))
+    with pytest.raises(ValueError, match="must return a boolean scalar first"):
+        bad.init(params)
 
 
 def test_pieces_mix_inside_one_chain_either_way():

@@ -65,7 +65,8 @@ from funcnn.optim.transforms import (add_decayed_weights, clip, clip_by_global_n
                                      scale_by_learning_rate, scale_by_momentum, scale_by_rms,
                                      scale_by_rss, scale_by_schedule, scale_by_stddev,
                                      trace)
-from funcnn.optim.wrappers import MultiSteps, inject_hyperparams
+from funcnn.optim.wrappers import (MultiSteps, inject_hyperparams, skip_large_updates,
+                                   skip_not_finite)
 
 __all__ = [
     # types and states
@@ -78,7 +79,8 @@ __all__ = [
     "scale_by_momentum", "scale_by_rss", "scale_by_rms", "scale_by_stddev", "scale_by_adam",
     "add_decayed_weights", "clip", "clip_by_global_norm", "global_norm",
     # composition and wrappers
-    "chain", "apply_updates", "inject_hyperparams", "MultiSteps",
+    "chain", "apply_updates", "inject_hyperparams", "MultiSteps", "skip_not_finite",
+    "skip_large_updates",
     # schedules
     "constant_schedule", "polynomial_schedule", "linear_schedule", "exponential_decay",
     "cosine_decay_schedule", "warmup_cosine_decay_schedule", "piecewise_constant_schedule",

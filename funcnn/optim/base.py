@@ -208,9 +208,10 @@ class InjectHyperparamsState(NamedTuple):
 
 
 class MultiStepsState(NamedTuple):
-    """State of ``MultiSteps``: optax's layout (without ``skip_state``)."""
+    """State of ``MultiSteps``: optax's layout."""
 
     mini_step: Array  # int32: gradients accumulated since the last inner update
     gradient_step: Array  # int32: inner updates applied
     inner_opt_state: Any
     acc_grads: PyTree  # the running mean (or sum) of the gradients
+    skip_state: PyTree = ()  # what should_skip_update_fn last reported (() without one)

@@ -1,4 +1,5 @@
-"""Wrappers around a whole optimizer: ``inject_hyperparams`` and ``MultiSteps`` (optax's)."""
+"""Wrappers around a whole optimizer: ``inject_hyperparams`` and ``MultiSteps`` (optax's),
+with ``MultiSteps``'s skip functions."""
 
 from __future__ import annotations
 
@@ -114,6 +115,30 @@ def inject_hyperparams(inner_factory: Callable[..., Any], static_args: str | Ite
     return wrapped
 
 
+def skip_not_finite(updates: PyTree, gradient_step: jax.Array, params: PyTree | None
+                    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """For ``MultiSteps(should_skip_update_fn=)``: skip a gradient with a NaN or inf in it.
+
+    Returns ``(skip, {"should_skip": skip, "num_not_finite": count})`` (optax's).
+    """
+    count = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(updates))
+    count = jnp.asarray(count, jnp.int32)
+    return count > 0, {"should_skip": count > 0, "num_not_finite": count}
+
+
+def skip_large_updates(updates: PyTree, gradient_step: jax.Array, params: PyTree | None,
+                       max_squared_norm: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """For ``MultiSteps(should_skip_update_fn=functools.partial(skip_large_updates,
+    max_squared_norm=m))``: skip a gradient whose squared global norm is not below ``m``
+    (a NaN norm included).
+
+    Returns ``(skip, {"should_skip": skip, "norm_squared": ||g||^2})`` (optax's).
+    """
+    norm_sq = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(updates))
+    skip = jnp.logical_not(norm_sq < max_squared_norm)
+    return skip, {"should_skip": skip, "norm_squared": norm_sq}
+
+
 class MultiSteps:
     """Accumulate gradients over ``every_k_schedule`` calls, then apply one inner update.
 
@@ -122,6 +147,14 @@ class MultiSteps:
     ``use_grad_mean=False``). Training with batch B and k steps equals training with
     batch k*B (for a loss that averages over the batch) at a k-th of the memory.
     ``every_k_schedule`` is an int or a function of the inner update count.
+
+    ``should_skip_update_fn(updates, gradient_step, params) -> (skip, skip_state)``
+    (optax's): when ``skip`` (a boolean scalar) is true, this call's gradient is left
+    out: the updates are zero and nothing but ``state.skip_state`` changes (the
+    accumulator, the counts, the inner state). :func:`skip_not_finite` drops gradients
+    with a NaN or inf in them, ``functools.partial(skip_large_updates,
+    max_squared_norm=m)`` those with ``||g||^2 >= m``; what they report (whether they
+    skipped, the count or the squared norm) is ``state.skip_state``.
     """
 
     def __init__(self, opt: Any, every_k_schedule: int | Callable[[jax.Array], jax.Array],
@@ -130,9 +163,10 @@ class MultiSteps:
         if not is_transform(opt):
             raise TypeError(f"MultiSteps: opt must be an optimizer (init and update), got "
                             f"{type(opt).__name__}.")
-        if should_skip_update_fn is not None:
-            raise NotImplementedError("MultiSteps: should_skip_update_fn is not supported; "
-                                      "filter the gradients before the update instead.")
+        if should_skip_update_fn is not None and not callable(should_skip_update_fn):
+            raise TypeError(f"MultiSteps: should_skip_update_fn must be a function "
+                            f"(updates, gradient_step, params) -> (skip, skip_state), got "
+                            f"{type(should_skip_update_fn).__name__}.")
         if isinstance(every_k_schedule, (bool, float)) or (
                 isinstance(every_k_schedule, int) and every_k_schedule < 1):
             raise ValueError(f"MultiSteps: every_k_schedule must be an int >= 1 or a function of "
@@ -141,6 +175,7 @@ class MultiSteps:
         self._every_k = every_k_schedule
         self._use_grad_mean = bool(use_grad_mean)
         self._acc_dtype = accumulator_dtype
+        self._should_skip = should_skip_update_fn
 
     @property
     def inner_opt(self) -> Any:
@@ -153,7 +188,20 @@ class MultiSteps:
         zero = jnp.zeros((), jnp.int32)
         acc = tmap(lambda p: jnp.zeros(jnp.shape(p), self._acc_dtype or jnp.asarray(p).dtype),
                    params)
-        return MultiStepsState(zero, zero, self._opt.init(params), acc)
+        skip_state = ()
+        if self._should_skip is not None:
+            _, skip_state = self._skip(tmap(jnp.zeros_like, params), zero, params)
+        return MultiStepsState(zero, zero, self._opt.init(params), acc, skip_state)
+
+    def _skip(self, updates: PyTree, gradient_step: jax.Array, params: PyTree | None
+              ) -> tuple[jax.Array, PyTree]:
+        skip, skip_state = self._should_skip(updates, gradient_step, params)
+        skip = jnp.asarray(skip)
+        if skip.dtype != jnp.bool_ or skip.shape != ():
+            raise ValueError(f"MultiSteps: should_skip_update_fn must return a boolean "
+                             f"scalar first; it returned dtype {skip.dtype}, shape "
+                             f"{skip.shape}.")
+        return skip, skip_state
 
     def update(self, updates: PyTree, state: MultiStepsState, params: PyTree | None = None
                ) -> tuple[PyTree, MultiStepsState]:
@@ -176,8 +224,17 @@ class MultiSteps:
                                  state.inner_opt_state, inner),
             acc_grads=tmap(lambda a, old: ((1 - emit) * a).astype(old.dtype), acc,
                            state.acc_grads),
+            skip_state=state.skip_state,
         )
-        return tmap(lambda u: emit * u, final), new
+        out = tmap(lambda u: emit * u, final)
+        if self._should_skip is None:
+            return out, new
+        skip, skip_state = self._skip(updates, state.gradient_step, params)
+        # A skipped gradient changes nothing but what the skip function reports.
+        kept = state._replace(skip_state=skip_state)
+        new = new._replace(skip_state=skip_state)
+        return (tmap(lambda u: jnp.where(skip, jnp.zeros_like(u), u), out),
+                tmap(lambda a, b: jnp.where(skip, a, b), kept, new))
 
     def has_updated(self, state: MultiStepsState) -> jax.Array:
         """True right after an inner update was applied."""
