@@ -21,7 +21,7 @@ An experiment script is short::
 
 Every field of ``Config`` becomes a flag (``lr`` -> ``--lr``, ``data_dir`` ->
 ``--data-dir``); :func:`main` adds ``--seed``, ``--runs-dir``, ``--restart``,
-``--no-plots``, ``--check-repro`` and ``--repro-rtol``.
+``--no-plots``, ``--check-repro``, ``--repro-rtol`` and ``--results``.
 
 A run writes ``<runs-dir>/<name>/<config hash>/``, the hash covering the name, the
 seed, ``checkpoint_every`` and every config field not marked ``hashed=False``:
@@ -61,6 +61,9 @@ inf in the data. A loss that turns NaN stops the run with
 :class:`funcnn.train.DivergedError` naming the epoch and step; the checkpoints
 written before stay, and the last finite state is saved beside them.
 
+``--results`` prints every run of the experiment under ``--runs-dir``, one row per
+configuration and seed, with its status and results (to compare seeds or settings).
+
 ``--check-repro`` reruns a recorded run from scratch in ``<run folder>/repro/`` and
 reports whether every metric (timings aside) and result matches, and whether the
 final parameters are bitwise equal.
@@ -74,6 +77,8 @@ Modules (imports go one way, down this list):
 - ``run``: the :class:`Run` handed to the run function (metrics, checkpoints, fit).
 - ``execution``: :func:`execute`, the run folder's lifecycle (config, manifest, plot).
 - ``repro``: :func:`check_repro` and its :class:`ReproReport`.
+- ``results``: :func:`collect` reads every run folder of an experiment back
+  (:class:`RunRecord`), :func:`results_table` lays them side by side (``--results``).
 - ``cli``: :func:`main`, the command line.
 """
 
@@ -83,8 +88,10 @@ from .errors import ExperimentError, RunFolderError
 from .execution import execute
 from .files import TIMING_KEYS, read_metrics
 from .repro import ReproReport, check_repro
+from .results import RunRecord, collect, results_table
 from .run import Run
 
 __all__ = ["Run", "ReproReport", "RunFolderError", "ExperimentError", "main", "execute",
            "check_repro", "option", "config_hash", "config_to_json", "config_from_json",
-           "build_parser", "read_metrics", "TIMING_KEYS"]
+           "build_parser", "read_metrics", "TIMING_KEYS", "collect", "results_table",
+           "RunRecord"]

@@ -11,6 +11,7 @@ from typing import Any
 from .config import _check_config_cls, _coerce, _hints, _is_hashed, build_parser, config_hash
 from .execution import _run_folder, execute
 from .repro import check_repro
+from .results import collect, results_table
 from .run import Run
 
 
@@ -19,7 +20,8 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
          checkpoint_every: int = 1, keep: int = 3) -> Any:
     """Parse flags into a ``config_cls`` instance and run (or resume, or check) it.
 
-    Returns what ``run_fn`` returns, or a :class:`ReproReport` with ``--check-repro``
+    Returns what ``run_fn`` returns, the runs read back (:func:`collect`) with
+    ``--results``, or a :class:`ReproReport` with ``--check-repro``
     (which is printed; when ``argv`` is None, i.e. a real command line, a mismatch
     exits with status 1). ``checkpoint_every`` epochs are compiled per call and
     checkpointed; it is part of the run's identity (hash).
@@ -31,6 +33,10 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
                         f"for the command line); got {argv!r}")
     parser = build_parser(name, config_cls, description)
     args = vars(parser.parse_args(argv))
+    if args["results"]:
+        records = collect(name, args["runs_dir"])
+        print(results_table(records) or f"no runs of {name!r} yet", flush=True)
+        return records
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     given = {k: v for k, v in args.items() if k in field_names}
     hints = _hints(config_cls)

@@ -22,7 +22,8 @@ import numpy as np
 from .errors import ExperimentError
 
 # flags that build_parser adds beside the config's own (a field may not take their name)
-_RESERVED = ("seed", "runs_dir", "restart", "no_plots", "check_repro", "repro_rtol", "help")
+_RESERVED = ("seed", "runs_dir", "restart", "no_plots", "check_repro", "repro_rtol", "results",
+             "help")
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str | None = None,
@@ -247,4 +248,7 @@ def build_parser(name: str, config_cls: type, description: str | None = None
                           "and report whether its metrics match")
     run.add_argument("--repro-rtol", type=float, default=0.0,
                      help="relative tolerance for --check-repro (default 0: bitwise)")
+    run.add_argument("--results", action="store_true",
+                     help="print every run of this experiment under --runs-dir (the config "
+                          "fields that differ, seed, status, results) and exit")
     return parser
