@@ -145,6 +145,19 @@ def test_one_configuration_equals_fit_with_validation():
                        ("loss", "accuracy", "learning_rate", "val_loss", "val_accuracy"))
 
 
+def test_smaller_last_batch_equals_fit_with_drop_remainder_false():
+    """60 examples in batches of 25: two full steps and one of 10 per epoch, as fit's."""
+    res = _sweep(sweep.grid(learning_rate=[0.02, 0.05]), batch_size=25,
+                 drop_remainder=False, strategy="vmap")
+    for i, c in enumerate(res.rows()):
+        _assert_equals_fit(res, i, *_fit(lr=c["learning_rate"], batch_size=25,
+                                          drop_remainder=False))
+    dropped = _sweep(sweep.grid(learning_rate=[0.02]), batch_size=25, strategy="vmap")
+    assert not np.allclose(dropped.history["loss"][0], res.history["loss"][0])
+    with pytest.raises(TypeError, match="drop_remainder must be True or False"):
+        _sweep(sweep.grid(learning_rate=[0.02]), drop_remainder="no")
+
+
 def test_same_program_for_new_values_and_dropout_rate_swept_through_a_factory():
     traces = []
 

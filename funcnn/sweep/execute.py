@@ -49,6 +49,7 @@ class _Plan:
     input_shape: tuple[int, ...]
     dtype: str
     keep_params: bool
+    drop_remainder: bool = True
 
 
 def _build_model(plan: _Plan, values: Mapping[str, Any]) -> nn.Layer:
@@ -87,7 +88,8 @@ def _train_one(values: dict[str, Array], fixed_penalty: Any, x: Array, y: Array,
         state, x, y, penalty, val, model=model, loss=plan.loss,
         update=plan.optimizer.update, engine=plan.engine, batch_size=plan.batch_size,
         shuffle=plan.shuffle, epochs=plan.epochs, metrics=plan.metrics,
-        diagnostics=plan.diagnostics, per_step=plan.diagnostics_every is not None)
+        diagnostics=plan.diagnostics, per_step=plan.diagnostics_every is not None,
+        drop_remainder=plan.drop_remainder)
     # Without a penalty run_epochs returns no data_loss (it equals loss); run fills it
     # in on the host.
     metrics = {k: v for k, v in metrics.items() if k != "bad_step"}

@@ -11,6 +11,7 @@ import numpy as np
 
 from funcnn import diagnostics as diagnostics_lib
 from funcnn import distributed, nn, optim, train
+from funcnn.data.batching import batches_per_epoch
 from funcnn.train.loop import check_penalty
 
 from ._common import _py
@@ -31,7 +32,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         metrics: Any = None, diagnostics: Any = None, diagnostics_every: int | None = None,
         shuffle: bool = True, strategy: str = "auto", chunk_size: int | None = None,
         devices: int | Sequence[Any] | None = None, keep_params: bool = True,
-        ) -> SweepResults:
+        drop_remainder: bool = True) -> SweepResults:
     """Trains every configuration of ``space`` for ``epochs`` epochs; returns the results.
 
     Args:
@@ -46,6 +47,9 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         as ``history["grad_norm[0].b"]``, per-block ones in ``results.steps``); every
         configuration uses them. With ``batch_size=None`` (the whole set) an epoch is one
         step.
+      drop_remainder: as for ``fit``: when ``batch_size`` does not divide the examples,
+        True leaves the rest of each epoch's shuffle out, False trains on it as one
+        smaller last batch.
       input_shape: one example's shape (default ``x.shape[1:]``); dtype: the weights'
         dtype (as :func:`funcnn.train.init_state`).
       seed: the seed of every configuration when ``seed`` is not swept.
@@ -97,7 +101,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                             f"shape without the batch axis, e.g. (2,) or (28, 28, 1); got "
                             f"{input_shape!r}")
         input_shape = tuple(int(d) for d in input_shape)
-        for flag, value in (("shuffle", shuffle), ("keep_params", keep_params)):
+        for flag, value in (("shuffle", shuffle), ("keep_params", keep_params),
+                            ("drop_remainder", drop_remainder)):
             if not isinstance(value, (bool, np.bool_)):
                 raise TypeError(f"{where}: {flag} must be True or False; got {value!r}")
         if validation_data is not None and (not isinstance(validation_data, (tuple, list))
@@ -147,7 +152,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         if validation_data is not None:
             val = train.prepare_data(ref_model, loss, params0, *validation_data)
         if diag_names:
-            total = int(epochs) * (n // int(batch_size))
+            total = int(epochs) * batches_per_epoch(n, int(batch_size),
+                                                    drop_remainder=bool(drop_remainder))
             diag_names = diagnostics_lib.check_model(diag_names, every, ref_model, params0, xd,
                                                      total, where, strict=diagnostics is not True)
 
@@ -197,7 +203,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                      diagnostics_every=every,
                      batch_size=int(batch_size), shuffle=bool(shuffle),
                      epochs=int(epochs), input_shape=input_shape, dtype=dtype.name,
-                     keep_params=bool(keep_params))
+                     keep_params=bool(keep_params), drop_remainder=bool(drop_remainder))
 
         # -- how to run ---------------------------------------------------------------------
         if devices is None:
@@ -232,7 +238,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                     devices=[d.id for d in devs], engine=engine,
                     metrics=[m.name for m in chosen_metrics], diagnostics=diag_names,
                     diagnostics_every=every, shuffle=bool(shuffle),
-                    keep_params=bool(keep_params), penalty=kind).items():
+                    keep_params=bool(keep_params), drop_remainder=bool(drop_remainder),
+                    penalty=kind).items():
                 agree.same(name, value)
             agree.same("the penalty", fixed)
     data = (fixed, xd, yd, val)
