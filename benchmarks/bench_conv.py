@@ -249,8 +249,12 @@ def main() -> None:
                     help="present the CPU as N devices and add fit over an N-device mesh")
     args = ap.parse_args()
     mesh = None
-    if args.cpu_devices:
+    if args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            ap.error(f"--cpu-devices must be >= 1, got {args.cpu_devices}")
         sweep.use_cpu_devices(args.cpu_devices)   # before JAX starts
+        if jax.default_backend() != "cpu":
+            ap.error(f"--cpu-devices is for a CPU; the backend here is {jax.default_backend()}")
         mesh = jax.make_mesh((args.cpu_devices,), ("data",))
     print(env_line())
     rate = matmul_rate()

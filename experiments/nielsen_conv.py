@@ -3,6 +3,8 @@
     python experiments/nielsen_conv.py --network dbl_conv --data-dir /path/to/mnist
     python experiments/nielsen_conv.py --network dbl_conv_relu --expanded --data-dir ...
     python experiments/nielsen_conv.py --dataset fashion --network dbl_conv_relu --data-dir ...
+    python experiments/nielsen_conv.py --network dbl_conv --seed 1 --data-dir ...  # another seed
+    python experiments/nielsen_conv.py --results     # every run so far, seeds side by side
 
 The four networks of ``network3.py`` that take MNIST from one hidden layer to two
 convolution-pooling layers (``funcnn.book.network3`` builds them, with the book's

@@ -35,23 +35,30 @@ def _main(runs_dir, *flags):
 @pytest.fixture(scope="module")
 def runs_dir(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    for width in ("4", "8"):
+    for width in ("4", "16", "8"):   # 16 sorts after 8 (by value, not as text)
         for seed in ("1", "0"):
-            _main(runs, "--width", width, "--seed", seed)
+            if width != "16" or seed == "0":
+                _main(runs, "--width", width, "--seed", seed)
     with pytest.raises(RuntimeError, match="on purpose"):
         _main(runs, "--fail", "--seed", "5")
     damaged = runs / "scored" / "000000000000"
     damaged.mkdir()
     (damaged / "config.json").write_text("{not json")
+    no_seed = runs / "scored" / "000000000001"
+    no_seed.mkdir()
+    (no_seed / "config.json").write_text(json.dumps({"config": {"width": 2}, "seed": None}))
     return runs
 
 
 def test_collect_reads_every_run_sorted_by_config_then_seed(runs_dir, capsys):
     records = experiment.collect("scored", runs_dir)
-    assert "000000000000 has no readable config.json" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "000000000000 has no readable config.json" in err
+    assert "000000000001/config.json has no integer seed (None)" in err
     done = [r for r in records if r.status == "completed"]
-    assert [(r.config["width"], r.seed) for r in done] == [(4, 0), (4, 1), (8, 0), (8, 1)]
-    assert [r.results["score"] for r in done] == [40, 41, 80, 81]
+    assert [(r.config["width"], r.seed) for r in done] == [(4, 0), (4, 1), (8, 0), (8, 1),
+                                                           (16, 0)]
+    assert [r.results["score"] for r in done] == [40, 41, 80, 81, 160]
     assert all(r.epochs_done == 2 for r in done)
     (failed,) = [r for r in records if r.status != "completed"]
     assert failed.status == "failed" and failed.config["fail"] and failed.results == {}
@@ -78,10 +85,22 @@ def test_results_flag_prints_the_table_and_runs_nothing(runs_dir, capsys):
     before = sorted(p.name for p in (runs_dir / "scored").iterdir())
     records = _main(runs_dir, "--results")
     out = capsys.readouterr().out
-    assert len(records) == 5
+    assert len(records) == 6
     assert out.strip() == experiment.results_table(records)
     assert "| 81 " in out
     assert sorted(p.name for p in (runs_dir / "scored").iterdir()) == before
+
+
+@dataclasses.dataclass(frozen=True)
+class NeedsWidth:
+    width: int   # required: no default
+
+
+def test_results_flag_needs_no_configuration(runs_dir, capsys):
+    """A config with a required field still lists its runs (nothing to configure)."""
+    records = experiment.main("scored", NeedsWidth, scored,
+                              ["--results", "--runs-dir", str(runs_dir)])
+    assert len(records) == 6 and "| 160 " in capsys.readouterr().out
 
 
 def test_no_runs_is_a_clear_error(tmp_path, runs_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import sys
 from collections.abc import Callable, Sequence
@@ -32,11 +33,16 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
         raise TypeError(f"main: argv must be a list of strings, e.g. ['--lr', '0.1'] (or None "
                         f"for the command line); got {argv!r}")
     parser = build_parser(name, config_cls, description)
-    args = vars(parser.parse_args(argv))
-    if args["results"]:
-        records = collect(name, args["runs_dir"])
+    # --results reads folders and needs no configuration (required fields may be unset)
+    listing = argparse.ArgumentParser(add_help=False)
+    listing.add_argument("--results", action="store_true")
+    listing.add_argument("--runs-dir", default="runs")
+    wanted, _ = listing.parse_known_args(argv)
+    if wanted.results:
+        records = collect(name, wanted.runs_dir)
         print(results_table(records) or f"no runs of {name!r} yet", flush=True)
         return records
+    args = vars(parser.parse_args(argv))
     field_names = {f.name for f in dataclasses.fields(config_cls)}
     given = {k: v for k, v in args.items() if k in field_names}
     hints = _hints(config_cls)

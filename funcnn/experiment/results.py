@@ -80,17 +80,29 @@ def collect(name: str, runs_dir: str | os.PathLike = "runs") -> list[RunRecord]:
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         config = _json_object(folder / "config.json")
         if config is None or not isinstance(config.get("config"), dict):
-            print(f"warning: {folder} has no readable config.json; not a run, left out",
+            print(f"warning: {folder} has no readable config.json (not a run, or one just "
+                  "starting); left out", file=sys.stderr)
+            continue
+        seed = config.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            print(f"warning: {folder}/config.json has no integer seed ({seed!r}); left out",
                   file=sys.stderr)
             continue
         manifest = _json_object(folder / "manifest.json") or {}
         results = _json_object(folder / "results.json") or {}
-        records.append(RunRecord(folder=folder, seed=int(config.get("seed", 0)),
+        records.append(RunRecord(folder=folder, seed=seed,
                                  config=config["config"],
                                  status=str(manifest.get("status", "unknown")),
                                  epochs_done=_epochs_logged(folder), results=results))
-    return sorted(records, key=lambda r: (json.dumps(r.config, sort_keys=True, default=str),
-                                          r.seed))
+    fields = sorted({k for r in records for k in r.config})
+    return sorted(records, key=lambda r: ([_order(r.config.get(k)) for k in fields], r.seed))
+
+
+def _order(value: Any) -> tuple:
+    """A sort key that puts numbers in numeric order (8 before 16), then other values."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (0, value if value == value else math.inf, "")
+    return (1, 0, json.dumps(value, sort_keys=True, default=str))
 
 
 def _cell(value: Any) -> str:

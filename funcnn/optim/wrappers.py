@@ -119,7 +119,8 @@ def skip_not_finite(updates: PyTree, gradient_step: jax.Array, params: PyTree | 
                     ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """For ``MultiSteps(should_skip_update_fn=)``: skip a gradient with a NaN or inf in it.
 
-    Returns ``(skip, {"should_skip": skip, "num_not_finite": count})`` (optax's).
+    Returns ``(skip, {"should_skip": skip, "num_not_finite": count})`` as optax's does
+    (the count always int32 here, so a state's dtypes do not depend on x64).
     """
     count = sum(jnp.sum(~jnp.isfinite(g)) for g in jax.tree.leaves(updates))
     count = jnp.asarray(count, jnp.int32)
@@ -150,11 +151,14 @@ class MultiSteps:
 
     ``should_skip_update_fn(updates, gradient_step, params) -> (skip, skip_state)``
     (optax's): when ``skip`` (a boolean scalar) is true, this call's gradient is left
-    out: the updates are zero and nothing but ``state.skip_state`` changes (the
-    accumulator, the counts, the inner state). :func:`skip_not_finite` drops gradients
-    with a NaN or inf in them, ``functools.partial(skip_large_updates,
+    out: the updates are zero, the accumulator, the counts and the inner state stay as
+    they were, and only ``state.skip_state`` changes. :func:`skip_not_finite` drops
+    gradients with a NaN or inf in them, ``functools.partial(skip_large_updates,
     max_squared_norm=m)`` those with ``||g||^2 >= m``; what they report (whether they
-    skipped, the count or the squared norm) is ``state.skip_state``.
+    skipped, the count or the squared norm) is ``state.skip_state``. In ``fit`` a NaN
+    or inf loss still stops training (its guard checks the loss before the optimizer
+    runs), so there ``skip_not_finite`` catches gradients that are not finite under a
+    finite loss; in a loop of your own it catches every one.
     """
 
     def __init__(self, opt: Any, every_k_schedule: int | Callable[[jax.Array], jax.Array],
