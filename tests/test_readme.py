@@ -61,5 +61,5 @@ def test_readme_python_examples_run(capsys, tmp_path, monkeypatch):
 
 def test_readme_commands_match_ci():
     text = README.read_text()
-    assert 'pip install -e ".[test]" && python -m pytest -q tests' in text
+    assert 'pip install -e ".[test]" && python -m pytest -q -n 2 --dist loadfile tests' in text
     assert "python -m funcnn" in text
