@@ -24,6 +24,8 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnn import _markdown
+
 __all__ = ["median_time", "interleaved_times", "calibrate_number", "env_line",
            "print_table", "format_table"]
 
@@ -109,21 +111,9 @@ def env_line() -> str:
 
 
 def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """A Markdown (GitHub) table; numeric columns are right-aligned."""
-    cells = [[str(h) for h in headers]] + [[_fmt(c) for c in row] for row in rows]
-    if any(len(row) != len(headers) for row in cells):
-        raise ValueError("format_table: every row needs one cell per header")
-    numeric = [all(isinstance(row[i], (int, float, np.number)) for row in rows)
-               and bool(rows) for i in range(len(headers))]
-    widths = [max(3, *(len(row[i]) for row in cells)) for i in range(len(headers))]
-
-    def line(row):
-        return "| " + " | ".join(c.rjust(w) if num else c.ljust(w)
-                                 for c, w, num in zip(row, widths, numeric)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if num else ("-" * (w + 2))
-                          for w, num in zip(widths, numeric)) + "|"
-    return "\n".join([line(cells[0]), rule] + [line(r) for r in cells[1:]])
+    """A Markdown (GitHub) table (``funcnn._markdown.table``); numbers formatted by
+    ``_fmt``, numeric columns right-aligned."""
+    return _markdown.table(headers, [[_fmt(c) for c in row] for row in rows])
 
 
 def print_table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:

@@ -22,6 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from funcnn import _markdown
+
 from .errors import ExperimentError
 
 
@@ -126,10 +128,4 @@ def results_table(records: list[RunRecord]) -> str:
     rows = [[_cell(r.config.get(k)) for k in fields]
             + [str(r.seed), r.status, _cell(r.epochs_done)]
             + [_cell(r.results.get(k)) for k in keys] for r in records]
-    widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(headers)]
-
-    def line(cells):
-        return "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"
-
-    return "\n".join([line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|",
-                      *map(line, rows)])
+    return _markdown.table(headers, rows)

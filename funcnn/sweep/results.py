@@ -12,6 +12,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from funcnn import _markdown
 from funcnn.diagnostics import is_column as is_diagnostic
 
 from . import plots
@@ -140,14 +141,14 @@ class SweepResults:
         metrics = [m for m in self.history if m not in ("data_loss", "learning_rate")
                    and not is_diagnostic(m)]
         head = ["#"] + list(self.values) + metrics + ["diverged"]
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines = []
         final = self.final
         for i in order:
             cells = [str(i)] + [f"{_py(self.values[k][i]):.4g}" if np.ndim(self.values[k][i])
                                 == 0 else str(_py(self.values[k][i])) for k in self.values]
             cells += [f"{final[m][i]:.4f}" for m in metrics] + [str(bool(self.diverged[i]))]
-            lines.append("| " + " | ".join(cells) + " |")
-        return "\n".join(lines)
+            lines.append(cells)
+        return _markdown.table(head, lines)
 
     def __repr__(self) -> str:
         return (f"SweepResults({len(self)} configurations, names={list(self.names)}, "
