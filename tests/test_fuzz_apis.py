@@ -234,7 +234,8 @@ def test_batches_cover_the_data_exactly_or_refuse(n, batch_size, seed, drop):
 
 
 @pytest.mark.parametrize("call, error, match", [
-    (lambda: data.spiral_data(100, 3, seed=-1), ValueError, r"seed must be an int in \[0, 2\*\*32\)"),
+    (lambda: data.spiral_data(100, 3, seed=-1), ValueError,
+     r"seed must be an int in \[0, 2\*\*32\)"),
     (lambda: data.spiral_data(100, 3, seed="a"), ValueError, r"seed must be an int"),
     (lambda: data.vertical_data(10, 2, seed=2**32), ValueError, r"seed must be an int"),
     (lambda: data.vertical_data(10, 2, seed=1.0), ValueError, r"seed must be an int"),
@@ -776,22 +777,24 @@ def test_load_metadata_checks_every_member_of_a_version_1_file(tmp_path):
 
 # ============================================================ evaluate's domain check
 
-def test_evaluate_checks_the_domain_of_every_example_not_the_first_16():
+@pytest.mark.parametrize("on_mesh", [False, True], ids=["one-device", "mesh"])
+def test_evaluate_checks_the_domain_of_every_example_not_the_first_16(on_mesh):
     # binary cross-entropy on an identity model: the predictions are the inputs
+    kw = {"mesh": jax.make_mesh((1,), ("data",))} if on_mesh else {}
     model = nn.dense(1)
     params = jax.tree.map(lambda a: jnp.ones_like(a) if a.ndim == 2 else jnp.zeros_like(a),
                           model.init(jax.random.key(0), (1,)))
     x = np.full((60, 1), 0.5)
     t = np.ones((60, 1))
-    ok = train.evaluate(model, losses.binary_cross_entropy, params, x, t)
+    ok = train.evaluate(model, losses.binary_cross_entropy, params, x, t, **kw)
     assert ok["loss"] == pytest.approx(-np.log(0.5))
     x[41] = 3.0  # a logit among probabilities, far past the first 16
-    raises(lambda: train.evaluate(model, losses.binary_cross_entropy, params, x, t),
+    raises(lambda: train.evaluate(model, losses.binary_cross_entropy, params, x, t, **kw),
            ValueError, r"evaluate: .*do not suit binary_cross_entropy: example 41: .*pred must "
                        r"lie in \[0, 1\]")
     x[41] = 0.5
     t[50] = 2.0  # a binary target outside [0, 1]
-    raises(lambda: train.evaluate(model, losses.binary_cross_entropy, params, x, t),
+    raises(lambda: train.evaluate(model, losses.binary_cross_entropy, params, x, t, **kw),
            ValueError, r"example 50: .*target must lie in \[0, 1\]")
 
 

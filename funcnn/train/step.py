@@ -220,17 +220,18 @@ def evaluate(model: nn.Layer, loss: Callable, params: Any, x: Any, y: Any = None
             agree.same("the data", (x, y), "pass the whole data set on every process, or "
                        "gather the parts with funcnn.distributed.gather_processes")
             agree.same("the params", params)
-    if mesh is None:  # the domain check covers every output (check_loss_domain)
+    # The domain check covers every output (check_loss_domain): the compiled pass also
+    # returns the rows that decide it, which are then checked on the host.
+    if mesh is None:
         out, rows = _evaluate(params, x, y, model=model, loss=loss, metrics=chosen,
                               with_domain_rows=True)
-        check_loss_domain(model, loss, params, x, y, "evaluate", out_rows=rows)
-    else:  # the first examples' outputs and every target
-        check_loss_domain(model, loss, params, x, y, "evaluate")
+    else:
         parallel.check_divisible(x.shape[0], mesh, batch_axis, "the evaluation set",
                                  "evaluate", "or evaluate the rest without a mesh")
-        params = parallel.replicate(params, mesh)
-        x, y = parallel.shard_batch((x, y), mesh, batch_axis)
         with parallel.mesh_context(mesh):
-            out = _evaluate(params, x, y, model=model, loss=loss, metrics=chosen,
-                            mesh=mesh, batch_axis=batch_axis)
+            out, rows = _evaluate(parallel.replicate(params, mesh),
+                                  *parallel.shard_batch((x, y), mesh, batch_axis), model=model,
+                                  loss=loss, metrics=chosen, mesh=mesh, batch_axis=batch_axis,
+                                  with_domain_rows=True)
+    check_loss_domain(model, loss, params, x, y, "evaluate", out_rows=rows)
     return {k: float(v) for k, v in out.items()}
