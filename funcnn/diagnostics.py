@@ -196,14 +196,14 @@ def table(history: Any) -> str:
         rows.setdefault(k[len(name):], {})[name] = np.asarray(metrics[k])
     names = [n for n in NAMES if any(n in r for r in rows.values())]
     head = ["layer / parameter"] + [f"{n} ({e})" for n in names for e in ("first", "last")]
-    lines = []
+    body = []
     for path, r in sorted(rows.items()):
         cells = [path]
         for n in names:
             v = r.get(n)
             cells += ["" if v is None else f"{v[0]:.3g}", "" if v is None else f"{v[-1]:.3g}"]
-        lines.append(cells)
-    return _markdown.table(head, lines)
+        body.append(cells)
+    return _markdown.table(head, body)
 
 
 def plot_speed_of_learning(history: Any, *, which: str = "b", ax: Any = None,

@@ -141,14 +141,14 @@ class SweepResults:
         metrics = [m for m in self.history if m not in ("data_loss", "learning_rate")
                    and not is_diagnostic(m)]
         head = ["#"] + list(self.values) + metrics + ["diverged"]
-        lines = []
+        body = []
         final = self.final
         for i in order:
             cells = [str(i)] + [f"{_py(self.values[k][i]):.4g}" if np.ndim(self.values[k][i])
                                 == 0 else str(_py(self.values[k][i])) for k in self.values]
             cells += [f"{final[m][i]:.4f}" for m in metrics] + [str(bool(self.diverged[i]))]
-            lines.append(cells)
-        return _markdown.table(head, lines)
+            body.append(cells)
+        return _markdown.table(head, body)
 
     def __repr__(self) -> str:
         return (f"SweepResults({len(self)} configurations, names={list(self.names)}, "
