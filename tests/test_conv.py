@@ -270,8 +270,32 @@ def test_channel_first_batch_at_apply_names_the_transpose():
     params = layer.init(jax.random.key(0), (8, 8, 3))
     with pytest.raises(ValueError, match=r"x\.transpose\(0, 2, 3, 1\)"):
         layer.apply(params, jnp.zeros((2, 3, 8, 8)))
-    with pytest.raises(ValueError, match=r"batch of images \(N, H, W, C\)"):
+    with pytest.raises(ValueError, match=r"batch of images \(N, H, W, C\).*one image "
+                                         r"without the batch axis \(x\[None\]"):
         layer.apply(params, jnp.zeros((8, 8, 3)))
+    with pytest.raises(ValueError, match=r"max_pool: .*either one image .* or a batch without "
+                                         r"a channel axis \(x\[\.\.\., None\] gives "
+                                         r"\(2, 8, 8, 1\)\)"):
+        nn.max_pool(2, 2).apply(nn.NoParams(), jnp.zeros((2, 8, 8)))
+
+
+def test_fit_and_evaluate_name_the_missing_channel_axis_as_a_data_problem():
+    # MNIST loaders give (N, 28, 28): the error names the caller and the fix, not "params"
+    model = nn.serial(nn.conv2d(2, 3), nn.max_pool(2, 2), nn.flatten(), nn.dense(3))
+    opt = optim.sgd(0.1)
+    state = train.init_state(model, opt, jax.random.key(0), (8, 8, 1))
+    x, y = np.zeros((6, 8, 8), np.float32), np.arange(6) % 3
+    fix = r"got shape \(6, 8, 8\): this looks like a batch without a channel axis " \
+          r"\(x\[\.\.\., None\] gives \(6, 8, 8, 1\)\)"
+    with pytest.raises(ValueError, match=r"^fit: conv2d: .*" + fix):
+        train.fit(model, losses.softmax_cross_entropy, opt, state, x, y, epochs=1,
+                  progress=False)
+    with pytest.raises(ValueError, match=r"^fit \(validation_data\): conv2d: .*" + fix):
+        train.fit(model, losses.softmax_cross_entropy, opt, state, x[..., None], y, epochs=1,
+                  progress=False,
+                  validation_data=(x, y))
+    with pytest.raises(ValueError, match=r"^evaluate: conv2d: .*" + fix):
+        train.evaluate(model, losses.softmax_cross_entropy, state.params, x, y)
 
 
 # ---- Nielsen's network3 set-ups and the chapter-6 script -------------------------------

@@ -68,7 +68,8 @@ from funcnn.nn.layer import Layer, explain_params_call
 Array = jax.Array
 Padding = str | int | Sequence[tuple[int, int]]
 
-__all__ = ["Conv", "conv2d", "pair", "conv_padding", "check_image", "sliding", "out_size"]
+__all__ = ["Conv", "conv2d", "pair", "conv_padding", "check_image", "check_image_batch",
+           "sliding", "out_size"]
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -154,10 +155,30 @@ def check_image(name: str, in_shape: tuple[int, ...]) -> None:
             f"input_shape {(in_shape[1], in_shape[2], in_shape[0])}.")
 
 
-def _check_batch(name: str, x: Array, channels: int) -> None:
-    if not hasattr(x, "shape") or x.ndim != 4:
+def check_image_batch(name: str, x: Array, channels: int | None = None) -> None:
+    """Checks ``x`` is a batch of channels-last images ``(N, H, W, C)``. Three axes are
+    either one image without the batch axis or a grayscale batch without the channel
+    axis (as the MNIST loaders give); with the layer's ``channels`` known, the message
+    names the one that fits, else both."""
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) == 3:
+        one_image = f"one image without the batch axis (x[None] gives {(1,) + shape})"
+        no_channel = (f"a batch without a channel axis (x[..., None] gives "
+                      f"{shape + (1,)})")
+        if channels is not None and shape[-1] == channels:
+            why = f"this looks like {one_image}: funcnn's layers take batches"
+        elif channels == 1:
+            why = f"this looks like {no_channel}"
+        else:
+            why = f"either {one_image} or {no_channel}"
         raise ValueError(f"{name}: expected a batch of images (N, H, W, C); got shape "
-                         f"{tuple(getattr(x, 'shape', ()))}")
+                         f"{shape}: {why}.")
+    if len(shape) != 4:
+        raise ValueError(f"{name}: expected a batch of images (N, H, W, C); got shape {shape}")
+
+
+def _check_batch(name: str, x: Array, channels: int) -> None:
+    check_image_batch(name, x, channels)
     if x.shape[-1] != channels:
         hint = (" The data looks channels-first (N, C, H, W); funcnn is channels-last: "
                 "x.transpose(0, 2, 3, 1)." if x.shape[1] == channels else "")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from funcnn.nn.conv import Padding, check_image, pair, sliding
+from funcnn.nn.conv import Padding, check_image, check_image_batch, pair, sliding
 from funcnn.nn.layer import Layer, NoParams
 
 Array = jax.Array
@@ -83,9 +83,7 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
         return (ho, wo, c), NoParams()
 
     def apply_fn(params, x, key, train):
-        if not hasattr(x, "shape") or x.ndim != 4:
-            raise ValueError(f"{name}: expected a batch of images (N, H, W, C); got shape "
-                             f"{tuple(getattr(x, 'shape', ()))}")
+        check_image_batch(name, x)
         pads, _ = geometry(x.shape[1], x.shape[2])
         return reduce(_pad(x, pads, pad_value), window, strides)
 

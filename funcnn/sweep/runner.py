@@ -141,7 +141,7 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         diag_names, every = diagnostics_lib.check_names(diagnostics, diagnostics_every, where)
         params0 = train.init_state(ref_model, optimizer, jax.random.key(0), input_shape,
                                    dtype=dtype).params
-        xd, yd = train.prepare_data(ref_model, loss, params0, x, y)
+        xd, yd = train.prepare_data(ref_model, loss, params0, x, y, where=where)
         n = xd.shape[0]
         batch_size = n if batch_size is None else batch_size
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or \
@@ -150,7 +150,8 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                              f"examples); got {batch_size!r}")
         val = None
         if validation_data is not None:
-            val = train.prepare_data(ref_model, loss, params0, *validation_data)
+            val = train.prepare_data(ref_model, loss, params0, *validation_data,
+                                     where=f"{where} (validation_data)")
         if diag_names:
             total = int(epochs) * batches_per_epoch(n, int(batch_size),
                                                     drop_remainder=bool(drop_remainder))

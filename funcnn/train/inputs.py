@@ -107,15 +107,16 @@ def _check_range(x: Any, dtype: Any, name: str) -> None:
 
 
 def prepare_data(model: nn.Layer, loss: Callable, params: Any, x: Any,
-                 y: Any = None) -> tuple[Array, Array]:
+                 y: Any = None, *, where: str = "prepare_data") -> tuple[Array, Array]:
     """Checks a data set at the boundary and returns it on the device, as ``fit`` does.
 
     ``x`` may be a :class:`DeviceData` (then ``y`` is None): only its class count is
     checked against the model. Inputs take the parameters' float dtype. ``params`` must
-    be this model's for these inputs (:func:`funcnn.nn.check_params`).
+    be this model's for these inputs (:func:`funcnn.nn.check_params`). ``where`` (the
+    caller, e.g. ``"fit (validation_data)"``) begins the message of a shape error.
     """
     shape = np.shape(x.x if isinstance(x, DeviceData) else x)
-    nn.check_params(model, params, shape[1:], "the params", batch=shape[0] if shape else 1)
+    nn.check_params(model, params, shape[1:], where, batch=shape[0] if shape else 1)
     dtype = jax.tree.leaves(params)[0].dtype
     if isinstance(x, DeviceData):
         if y is not None:

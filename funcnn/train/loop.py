@@ -275,7 +275,7 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
                             f"train.DeviceData; got {type(validation_data).__name__}"
                             + (f" of length {len(validation_data)}" if hasattr(
                                 validation_data, "__len__") else ""))
-        xd, yd = prepare_data(model, loss, state.params, x, y)
+        xd, yd = prepare_data(model, loss, state.params, x, y, where="fit")
         check_opt_state(optimizer, state, "fit")
         if penalty is not None:
             check_penalty(penalty, "fit", xd.dtype)
@@ -295,9 +295,9 @@ def fit(model: nn.Layer, loss: Callable, optimizer: optim.Optimizer, state: Trai
         batch_size = int(batch_size)
         val = None
         if validation_data is not None:
-            val = prepare_data(model, loss, state.params, *validation_data) \
-                if not isinstance(validation_data, DeviceData) else \
-                prepare_data(model, loss, state.params, validation_data, None)
+            val = prepare_data(model, loss, state.params,
+                               *(validation_data if not isinstance(validation_data, DeviceData)
+                                 else (validation_data, None)), where="fit (validation_data)")
             check_loss_domain(model, loss, state.params, *val, "fit (validation_data)")
         if penalty is not None:
             penalty = jax.tree.map(lambda c: jnp.asarray(c, xd.dtype), penalty)

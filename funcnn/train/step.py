@@ -215,7 +215,7 @@ def evaluate(model: nn.Layer, loss: Callable, params: Any, x: Any, y: Any = None
             batch_axis = parallel.check_mesh(mesh, batch_axis, "evaluate")
             distributed.check_all_processes(mesh, "evaluate")
             params = distributed.local(params)  # e.g. from fit over processes
-        x, y = prepare_data(model, loss, params, x, y)
+        x, y = prepare_data(model, loss, params, x, y, where="evaluate")
         if across:
             agree.same("the data", (x, y), "pass the whole data set on every process, or "
                        "gather the parts with funcnn.distributed.gather_processes")
