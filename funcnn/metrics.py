@@ -155,9 +155,10 @@ def one_hot_targets(name: str, pred: Array, labels: Array) -> tuple[Array, Array
     n, classes = pred.shape
     if jnp.issubdtype(labels.dtype, jnp.integer):
         if labels.shape != (n,):
+            hint = ": a column of labels; pass y.ravel()" if labels.shape == (n, 1) else ""
             raise ValueError(
                 f"{name}: integer labels must have shape (batch,) = ({n},) to match "
-                f"predictions of shape {tuple(pred.shape)}; got {tuple(labels.shape)}")
+                f"predictions of shape {tuple(pred.shape)}; got {tuple(labels.shape)}{hint}")
         values = concrete(labels)
         if values is not None and values.size and (values.min() < 0
                                                    or values.max() >= classes):
@@ -171,9 +172,14 @@ def one_hot_targets(name: str, pred: Array, labels: Array) -> tuple[Array, Array
         return targets, ok
     if jnp.issubdtype(labels.dtype, jnp.floating):
         if labels.shape != pred.shape:
+            hint = ""
+            if labels.shape in ((n,), (n, 1)):  # class indices stored as floats
+                hint = (f". Float labels of shape {tuple(labels.shape)} look like class "
+                        "indices stored as floats: pass integers, y.astype(int)"
+                        + (".ravel()" if labels.ndim == 2 else ""))
             raise ValueError(
                 f"{name}: one-hot or soft labels must have the predictions' shape "
-                f"{tuple(pred.shape)}; got {tuple(labels.shape)}")
+                f"{tuple(pred.shape)}; got {tuple(labels.shape)} ({labels.dtype}){hint}")
         check_distributions(
             name, "target", labels, "one-hot or soft labels: each row a distribution "
             "(entries >= 0 summing to 1)", "Pass integer class indices, or normalise the "

@@ -85,6 +85,18 @@ def test_labels_out_of_range_inside_jit_give_nan_not_a_clamped_loss():
     assert np.isnan(f(jnp.asarray(Z), jnp.array([0, 1, 2, 3, 4])))
 
 
+def test_labels_as_floats_or_a_column_name_the_fix():
+    z = jnp.asarray(Z)
+    with pytest.raises(ValueError, match=r"got \(5,\) \(float\d+\)\. Float labels of shape "
+                                         r"\(5,\) look like class indices stored as floats: "
+                                         r"pass integers, y\.astype\(int\)$"):
+        losses.softmax_cross_entropy(z, jnp.asarray(Y, z.dtype))
+    with pytest.raises(ValueError, match=r"y\.astype\(int\)\.ravel\(\)$"):
+        losses.softmax_cross_entropy(z, jnp.asarray(Y, z.dtype)[:, None])
+    with pytest.raises(ValueError, match=r"got \(5, 1\): a column of labels; pass y\.ravel\(\)"):
+        losses.softmax_cross_entropy(z, jnp.asarray(Y)[:, None])
+
+
 def test_labels_not_integers_or_wrong_shape():
     with pytest.raises(ValueError, match=r"one-hot or soft labels must have the predictions' shape \(5, 4\); got \(5,\)"):
         losses.softmax_cross_entropy(jnp.asarray(Z), jnp.asarray(Y, jnp.float64))
