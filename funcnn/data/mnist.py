@@ -386,6 +386,10 @@ def load_mnist(data_dir: str | os.PathLike | None = None, *,
 
         (x, y), (x_test, y_test) = data.load_mnist(flatten=True, scale="unit")  # (60000, 784)
 
+    A convolutional net takes channels-last images: add the channel axis,
+    ``x[..., None]`` (60000, 28, 28, 1). Unscaled uint8 pixels (0-255) train badly
+    with the usual initialisations; pass ``scale``.
+
     See :func:`load_idx_dataset` for where the files come from.
     """
     return load_idx_dataset(MNIST, data_dir, cache_dir=cache_dir, download=download,
