@@ -429,6 +429,20 @@ def test_glorot_normal_is_jaxs_truncated_normal():
     assert np.abs(np.asarray(w)).max() <= 2 * std / 0.87962566103423978 + 1e-12
 
 
+@pytest.mark.parametrize("make", [lambda: nn.dense(200, init="lecun_normal"),
+                                  lambda: nn.conv2d(200, 3, init="lecun_normal")],
+                         ids=["dense", "conv2d"])
+def test_lecun_normal_is_flaxs_default(make):
+    # Flax's nn.Dense / nn.Conv kernel_init: jax.nn.initializers.lecun_normal, the same
+    # numbers for the same key (conv: fan_in counts the kernel's taps, 3 * 3 * 30)
+    in_shape = (300,) if make().name == "dense" else (8, 8, 30)
+    w = make().init(jax.random.key(3), in_shape, dtype=F64).w
+    key_w = jax.random.split(jax.random.key(3))[0]
+    ref = jax.nn.initializers.lecun_normal()(key_w, w.shape, F64)
+    np.testing.assert_allclose(w, ref, rtol=1e-12)
+    assert abs(np.std(np.asarray(w)) * np.sqrt(np.prod(w.shape[:-1])) - 1) < 0.03
+
+
 def test_nnfs_scales():
     p = nn.dense(200, init="nnfs").init(jax.random.key(0), (300,), dtype=F64)
     q = nn.dense(200, init="nnfs_0.1").init(jax.random.key(0), (300,), dtype=F64)

@@ -92,6 +92,14 @@ def _glorot_normal(key, shape, dtype):
     return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std
 
 
+def _lecun_normal(key, shape, dtype):
+    """LeCun normal with variance ``1 / n_in`` (Flax's ``nn.Dense`` and ``nn.Conv``
+    default, and Haiku's), drawn as ``jax.nn.initializers.lecun_normal``: N(0, 1)
+    truncated to [-2, 2], times ``sqrt(1 / n_in) / 0.8796``."""
+    std = math.sqrt(1.0 / fans(shape)[0]) / _TRUNCATED_STD
+    return jax.random.truncated_normal(key, -2.0, 2.0, shape, dtype) * std
+
+
 def _uniform_fan_in(key, shape, dtype):
     """PyTorch's ``nn.Linear`` / ``nn.Conv2d`` and Equinox's ``nn.Linear`` / ``nn.Conv``
     default: ``U(-1/sqrt(n_in), 1/sqrt(n_in))``, variance ``1 / (3 n_in)``. (PyTorch
@@ -109,7 +117,7 @@ def _he(key, shape, dtype):
 initializers: dict[str, Callable] = {
     "nnfs": _nnfs, "nnfs_0.1": _nnfs_0_1, "nielsen_large": _nielsen_large,
     "nielsen": _nielsen, "glorot": _glorot, "glorot_normal": _glorot_normal, "he": _he,
-    "uniform_fan_in": _uniform_fan_in,
+    "lecun_normal": _lecun_normal, "uniform_fan_in": _uniform_fan_in,
 }
 
 
@@ -189,7 +197,8 @@ def dense(features: int, *, init: str | Callable = "glorot",
       features: number of outputs (neurons).
       init: weight initializer (:data:`initializers`): ``"glorot"`` (default; uniform,
         variance ``2 / (n_in + n_out)``), ``"glorot_normal"`` (the same variance,
-        truncated normal, as stax), ``"he"`` (``N(0, 2/n_in)``), ``"uniform_fan_in"``
+        truncated normal, as stax), ``"lecun_normal"`` (variance ``1/n_in``, truncated
+        normal: Flax's and Haiku's default), ``"he"`` (``N(0, 2/n_in)``), ``"uniform_fan_in"``
         (``U(+-1/sqrt(n_in))``: PyTorch's ``nn.Linear``, Equinox's ``eqx.nn.Linear``),
         ``"nnfs"`` (``0.01 * N(0,1)``), ``"nnfs_0.1"`` (``0.1 * N(0,1)``),
         ``"nielsen"`` (``N(0, 1/n_in)``), ``"nielsen_large"`` (``N(0,1)``), or a
