@@ -259,6 +259,9 @@ def test_bad_image_shapes_name_the_fix(make, shape, match):
     (lambda: nn.max_pool(0, 1), r"max_pool: window must be an int >= 1"),
     (lambda: nn.avg_pool(2, (1, 0)), r"avg_pool: stride must be"),
     (lambda: nn.layer_norm(eps=0), r"layer_norm: eps must be > 0"),
+    (lambda: nn.max_pool(2), r"max_pool: give the stride, .*max_pool\(2, 2\) moves the window "
+                             r"by its size .*max_pool\(2, 1\) by one"),
+    (lambda: nn.avg_pool((3, 2)), r"avg_pool: give the stride, .*avg_pool\(\(3, 2\), 1\)"),
 ])
 def test_bad_layer_settings(make, match):
     with pytest.raises(ValueError, match=match):

@@ -72,6 +72,12 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
           ) -> Layer:
     """The shared part of a pooling layer: ``reduce(xp, window, strides)`` on the padded
     input; ``backward_taps(taps, y, dy)`` yields each tap's share of ``dy``."""
+    if stride is None:
+        w = window if isinstance(window, (int, np.integer)) else tuple(window)
+        raise ValueError(f"{name}: give the stride, as the references disagree on its "
+                         f"default: {name}({w}, {w}) moves the window by its size "
+                         f"(PyTorch's default, Nielsen's pooling), {name}({w}, 1) by one "
+                         "(Flax's, stax's and Equinox's default)")
     window = pair(window, "window", name)
     strides = pair(stride, "stride", name)
     geometry = sliding(name, "window", window, strides, padding)
@@ -109,15 +115,16 @@ def _pad(x: Array, pads, value) -> Array:
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
 
 
-def max_pool(window: int | Sequence[int], stride: int | Sequence[int],
+def max_pool(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
              padding: Padding = "VALID") -> Layer:
     """The largest value of each ``window`` (``k`` or ``(kh, kw)``), windows ``stride``
     apart, per channel: ``(N, H, W, C) -> (N, H', W', C)``.
 
-    ``stride`` has no default, because the references disagree (PyTorch: the window;
-    Flax, stax, Equinox: 1); Nielsen's non-overlapping 2x2 pooling is
-    ``max_pool(2, 2)``. ``"VALID"`` padding (default) drops the rows and columns that
-    do not fill a window (Theano's ``ignore_border=True``); ``"SAME"`` pads with -inf.
+    ``stride`` must be given, because the references disagree on its default (PyTorch:
+    the window; Flax, stax, Equinox: 1), and leaving it out is an error that says so;
+    Nielsen's non-overlapping 2x2 pooling is ``max_pool(2, 2)``. ``"VALID"`` padding
+    (default) drops the rows and columns that do not fill a window (Theano's
+    ``ignore_border=True``); ``"SAME"`` pads with -inf.
 
     Rule: the window's gradient goes to its maximal element. When several elements
     tie for the max (common after ReLU, where whole windows are 0) all of it goes to
@@ -141,7 +148,7 @@ def max_pool(window: int | Sequence[int], stride: int | Sequence[int],
     return _pool("max_pool", window, stride, padding, -jnp.inf, reduce, backward_taps)
 
 
-def avg_pool(window: int | Sequence[int], stride: int | Sequence[int],
+def avg_pool(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
              padding: Padding = "VALID") -> Layer:
     """The mean of each ``window``, windows ``stride`` apart, per channel.
 
