@@ -92,6 +92,22 @@ def test_history_and_validation(spiral):
     assert set(final) == {"loss", "accuracy"} and 0 <= final["accuracy"] <= 1
 
 
+def test_optax_optimizer_history_has_no_learning_rate_column(spiral, capsys):
+    # optax's states do not expose the learning rate: no column of NaN, no "lr: nan"
+    optax = pytest.importorskip("optax")
+    x, y = spiral
+    model = nn.serial(nn.dense(8), nn.relu(), nn.dense(3))
+    opt = optax.sgd(0.1, momentum=0.9)
+    state = train.init_state(model, opt, jax.random.key(0), (2,), dtype=F64)
+    _, hist = train.fit(model, SCE, opt, state, x, y, epochs=2, log_every=1, progress=False)
+    assert "learning_rate" not in hist.metrics and len(hist["loss"]) == 2
+    out = capsys.readouterr().out
+    assert "epoch: 2" in out and "lr:" not in out
+    _, mine = train.fit(model, SCE, optim.sgd(0.1, 0.9),
+                        _state(model, optim.sgd(0.1, 0.9)), x, y, epochs=1, progress=False)
+    assert mine["learning_rate"][0] == 0.1
+
+
 def test_no_recompile_for_new_hyperparameter_values(spiral):
     x, y = spiral
     model = nn.serial(nn.dense(4), nn.relu(), nn.dense(3))

@@ -106,7 +106,8 @@ def _row(m: dict[str, Array], counts: Array | None, start: Any, state: TrainStat
         out.update(update_ratios(start, state.params))
     out["finite"] = jnp.all(jnp.isfinite(m["loss"]))
     lr = optim.learning_rate(update, state.opt_state)
-    out["learning_rate"] = jnp.full((), jnp.nan) if lr is None else lr
+    if lr is not None:  # None: an optimizer that does not expose it (e.g. optax's)
+        out["learning_rate"] = lr
     if val is not None:
         v = _evaluate_arrays(state.params, val[0], val[1], model=model, loss=loss,
                              metrics=metrics, mesh=mesh, batch_axis=batch_axis)

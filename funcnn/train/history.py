@@ -14,7 +14,8 @@ class History:
     """What ``fit`` recorded, one row per epoch (or, with ``fit(steps=...)``, per
     ``eval_every`` steps), as numpy arrays.
 
-    ``metrics``: ``loss``, ``data_loss``, ``learning_rate``, each metric by name (by
+    ``metrics``: ``loss``, ``data_loss``, ``learning_rate`` (when the optimizer
+    exposes it: funcnn's do, optax's do not), each metric by name (by
     default the loss's natural one: ``accuracy`` for classification, ``mae`` for
     regression) and, with validation data, ``val_loss`` and ``val_`` + each metric's
     name; with ``fit(..., diagnostics=...)`` one column per diagnostic and layer
@@ -26,9 +27,9 @@ class History:
     over the batches per epoch: whole numbers for ``fit(epochs=...)``, fractions when
     a row ends mid-epoch) and ``time_s``, wall seconds of the row's share of its
     compiled call, measured on the host (the rows of a call that compiled first, such
-    as a fit's first call, include the compilation). They are apart from ``metrics`` because they measure the run's
-    progress and the machine, not the model (reproducibility checks compare
-    ``metrics``); ``history["step"]`` reads either.
+    as a fit's first call, include the compilation). They are apart from ``metrics``
+    because they measure the run's progress and the machine, not the model
+    (reproducibility checks compare ``metrics``); ``history["step"]`` reads either.
 
     ``steps``: with ``diagnostics_every=k`` the diagnostics are here instead of in
     ``metrics``: ``steps["step"]`` the update numbers, and the means over each block of

@@ -69,7 +69,8 @@ def _format(where: str, m: dict[str, float], names: tuple[str, ...]) -> str:
     line += f"loss: {m['loss']:.3f}"
     if "data_loss" in m:
         line += f" (data_loss: {m['data_loss']:.3f}, reg_loss: {m['loss'] - m['data_loss']:.3f})"
-    line += f", lr: {m['learning_rate']:.6g}"
+    if "learning_rate" in m:
+        line += f", lr: {m['learning_rate']:.6g}"
     if "val_loss" in m:
         line += "".join(f", val_{short(k)}: {m['val_' + k]:.3f}" for k in names)
         line += f", val_loss: {m['val_loss']:.3f}"
