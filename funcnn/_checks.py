@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -43,3 +46,28 @@ def tree_mismatch(expected: Any, given: Any) -> str | None:
         return (f"the tree's node types differ: expected {jax.tree.structure(expected)}, got "
                 f"{jax.tree.structure(given)}")
     return None
+
+
+def keyword_hints(prefix: str, spellings: Mapping[str, str],
+                  special: Callable[[str, str], str | None] | None = None) -> Callable:
+    """A decorator: an unknown keyword argument of the function becomes a TypeError
+    that says what to write instead: the hint ``spellings[keyword]`` (for another
+    library's name for one of ours, e.g. optax's ``lr`` or Flax's ``strides``), ``special(name,
+    keyword)`` when it gives one, or else the function's keywords. ``prefix`` goes
+    before the function's name in the message (``"optim."``, ``"nn."``)."""
+    def decorate(fn: Callable) -> Callable:
+        params = inspect.signature(fn).parameters
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            for k in kwargs:
+                if k in params:
+                    continue
+                hint = special(fn.__name__, k) if special is not None else None
+                if hint is None:
+                    hint = spellings.get(k, f"its keywords are {list(params)}")
+                raise TypeError(f"{prefix}{fn.__name__}() got an unexpected keyword {k!r}: "
+                                f"{hint}.")
+            return fn(*args, **kwargs)
+        return wrapper
+    return decorate

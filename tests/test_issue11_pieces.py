@@ -586,6 +586,26 @@ def test_capitalised_layer_names_point_to_the_constructors():
     assert not hasattr(nn, "Sequential")
 
 
+@pytest.mark.parametrize("make, match", [
+    (lambda: nn.avg_pool(window_shape=(2, 2), strides=(2, 2)),
+     r"^nn\.avg_pool\(\) got an unexpected keyword 'window_shape': use window\.$"),
+    (lambda: nn.max_pool(2, strides=2), r"'strides': use stride"),
+    (lambda: nn.max_pool(kernel_size=2, stride=2), r"'kernel_size': use window"),
+    (lambda: nn.conv2d(32, 3, strides=2), r"^nn\.conv2d\(\) .*'strides': use stride"),
+    (lambda: nn.conv2d(in_channels=1, features=3, kernel_size=4),
+     r"'in_channels': leave it out: the input size comes from init's input_shape"),
+    (lambda: nn.conv2d(3, 3, kernel_init="he"), r"'kernel_init': use init"),
+    (lambda: nn.dense(10, use_bias=False), r"'use_bias': leave it out: every dense"),
+    (lambda: nn.dense(out_features=10), r"'out_features': use features"),
+    (lambda: nn.dense(10, param_dtype="float64"), r"init's dtype argument"),
+    (lambda: nn.dense(10, bogus=1), r"'bogus': its keywords are \['features', 'init', "
+                                    r"'bias_init'\]"),
+])
+def test_flax_equinox_and_pytorch_keywords_name_funcnns(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
 def test_parameters_and_stax_pairs_in_serial_are_named():
     params = nn.Dense(jnp.ones((2, 3)), jnp.zeros(3))
     with pytest.raises(TypeError, match=r"it is a layer's parameters.*not nn\.Dense"):

@@ -9,8 +9,9 @@ A layer holds no weights. ``init`` makes them, ``apply`` uses them::
 
 and ``backward_fn`` is the hand-derived rule that :mod:`funcnn.backprop` runs, written
 beside the forward code with its derivation (one file per concept: ``dense``,
-``activations``, ``dropout``, ``reshape``, ``conv``, ``pool``, ``norm``, ``combinators``). :class:`Layer` documents
-how to write your own; ``backprop.check`` verifies it.
+``activations``, ``dropout``, ``reshape``, ``conv``, ``pool``, ``norm``,
+``combinators``). :class:`Layer` documents how to write your own; ``backprop.check``
+verifies it.
 
 Layout is batch-first and ``y = x @ W + b`` with ``W`` of shape ``(in, out)``, as in
 stax and the NNFS book. Parameters are immutable pytrees: :class:`Dense` is a frozen

@@ -63,7 +63,7 @@ from jax import lax
 
 from funcnn import parallel
 from funcnn.nn.dense import check_bias_init, make_bias, resolve_init
-from funcnn.nn.layer import Layer, explain_params_call
+from funcnn.nn.layer import Layer, explain_params_call, other_keywords
 
 Array = jax.Array
 Padding = str | int | Sequence[tuple[int, int]]
@@ -218,6 +218,7 @@ def out_size(size: int, window: int, stride: int, pads: tuple[int, int]) -> int:
     return (size + pads[0] + pads[1] - window) // stride + 1
 
 
+@other_keywords
 def conv2d(features: int, kernel_size: int | Sequence[int], stride: int | Sequence[int] = 1,
            padding: Padding = "VALID", *, init: str | Callable = "glorot",
            bias_init: float | str | Callable = 0.0) -> Layer:

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn import parallel
-from funcnn.nn.layer import Layer, check_batch, explain_params_call
+from funcnn.nn.layer import Layer, check_batch, explain_params_call, other_keywords
 
 Array = jax.Array
 
@@ -189,6 +189,7 @@ def make_bias(bias_init: float | str | Callable, key: jax.Array, n: int, dtype,
     return jnp.full((n,), bias_init, dtype)
 
 
+@other_keywords
 def dense(features: int, *, init: str | Callable = "glorot",
           bias_init: float | str | Callable = 0.0) -> Layer:
     """A fully connected layer, ``y = x @ w + b``.

@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn._checks import tree_mismatch
+from funcnn._checks import keyword_hints, tree_mismatch
 
 Array = jax.Array
 Shape = tuple[int, ...]
@@ -54,6 +54,23 @@ class NoParams:
 
 
 jax.tree_util.register_dataclass(NoParams, data_fields=[], meta_fields=[])
+
+
+# Keywords of Flax, Equinox and PyTorch layers that funcnn spells otherwise: passing one
+# to a layer constructor (decorated with other_keywords) names the spelling to use.
+LAYER_SPELLINGS: dict[str, str] = {
+    **{k: f"use {v}" for k, v in {
+        "strides": "stride", "window_shape": "window", "kernel_init": "init",
+        "weight_init": "init", "out_features": "features", "out_channels": "features",
+        "dtype": "init's dtype argument: model.init(key, input_shape, dtype)",
+        "param_dtype": "init's dtype argument: model.init(key, input_shape, dtype)",
+    }.items()},
+    "in_features": "leave it out: the input size comes from init's input_shape",
+    "in_channels": "leave it out: the input size comes from init's input_shape",
+    "use_bias": "leave it out: every dense and conv2d layer has biases (bias_init=0.0, "
+                "the default, starts them at zero)",
+}
+other_keywords = keyword_hints("nn.", {**LAYER_SPELLINGS, "kernel_size": "use window"})
 
 
 def _is_count(v: Any) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 from jax import lax
 
 from funcnn.nn.conv import Padding, check_image, check_image_batch, pair, sliding
-from funcnn.nn.layer import Layer, NoParams
+from funcnn.nn.layer import Layer, NoParams, other_keywords
 
 Array = jax.Array
 
@@ -115,6 +115,7 @@ def _pad(x: Array, pads, value) -> Array:
     return jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=value)
 
 
+@other_keywords
 def max_pool(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
              padding: Padding = "VALID") -> Layer:
     """The largest value of each ``window`` (``k`` or ``(kh, kw)``), windows ``stride``
@@ -148,6 +149,7 @@ def max_pool(window: int | Sequence[int], stride: int | Sequence[int] | None = N
     return _pool("max_pool", window, stride, padding, -jnp.inf, reduce, backward_taps)
 
 
+@other_keywords
 def avg_pool(window: int | Sequence[int], stride: int | Sequence[int] | None = None,
              padding: Padding = "VALID") -> Layer:
     """The mean of each ``window``, windows ``stride`` apart, per channel.

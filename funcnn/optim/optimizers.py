@@ -17,9 +17,9 @@ a TypeError naming the spelling to use.
 
 from __future__ import annotations
 
-import functools
-import inspect
 from typing import Any, Callable, Union
+
+from funcnn._checks import keyword_hints
 
 from funcnn.optim.base import Array, Optimizer
 from funcnn.optim.combine import chain
@@ -34,35 +34,19 @@ _NNFS_DECAY = ("for the NNFS book's learning-rate decay lr/(1 + decay*t), pass "
                "learning_rate=optim.inverse_time_decay(lr, decay), or use the book's own "
                "optimizers, optim.nnfs.{name}(learning_rate, decay=...)")
 # Spellings from other libraries and from funcnn before it followed optax.
-_OTHER_SPELLINGS = {
+_OTHER_SPELLINGS = {k: f"use {v}" for k, v in {
     "beta_1": "b1", "beta_2": "b2", "beta1": "b1", "beta2": "b2", "betas": "b1 and b2",
     "epsilon": "eps", "lr": "learning_rate", "rho": "decay (RMSprop's smoothing)",
     "initial_accumulator": "initial_accumulator_value", "weight_decay_rate": "weight_decay",
     "convention": "no convention: the optax forms are optim.sgd/adam/...; the NNFS book's "
                   "are optim.nnfs.sgd/adagrad/rmsprop/adam",
-}
+}.items()}
 
 
-def _optax_keywords(fn: Callable) -> Callable:
-    """Turn an unknown keyword into a TypeError that names the keyword to use."""
-    sig = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Optimizer:
-        for k in kwargs:
-            if k in sig.parameters:
-                continue
-            name = fn.__name__
-            if k == "decay":
-                hint = _NNFS_DECAY.format(name=name)
-            elif k in _OTHER_SPELLINGS:
-                hint = f"use {_OTHER_SPELLINGS[k]}"
-            else:
-                hint = f"its keywords are {list(sig.parameters)}"
-            raise TypeError(f"optim.{name}() got an unexpected keyword {k!r}: {hint}.")
-        return fn(*args, **kwargs)
-
-    return wrapper
+# An unknown keyword becomes a TypeError that names the keyword to use.
+_optax_keywords = keyword_hints(
+    "optim.", _OTHER_SPELLINGS,
+    lambda name, k: _NNFS_DECAY.format(name=name) if k == "decay" else None)
 
 
 @_optax_keywords
