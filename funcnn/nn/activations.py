@@ -28,6 +28,15 @@ def elementwise(name: str, fn: Callable[[Array], Array],
                 **config) -> Layer:
     """A weightless layer ``y = fn(x)`` whose rule is ``dx = derivative(x, y, dy)``.
 
+    ``fn`` need not be elementwise: any map of each example that keeps its shape works,
+    e.g. along the last axis as :func:`softmax` is built. A log-softmax output layer::
+
+        nn.elementwise("log_softmax", jax.nn.log_softmax,
+                       lambda x, y, dy: dy - jnp.exp(y) * jnp.sum(dy, -1, keepdims=True))
+
+    (funcnn's losses take logits instead: ``losses.softmax_cross_entropy`` applies the
+    log-softmax itself, and gives the same loss on log-probabilities, since
+    ``log_softmax(log_softmax(z)) = log_softmax(z)``.)
     ``derivative=None`` makes a layer without a hand rule (for ``engine="mixed"``).
     ``stats(x, y)`` may report diagnostics of the forward pass (see :class:`Layer`).
     """
