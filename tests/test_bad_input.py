@@ -1,6 +1,8 @@
 """Wrong state and bad arguments at the training boundary: each a clear error that names
 the problem, raised before anything trains (issue "Nothing silent")."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +47,24 @@ def test_params_of_another_architecture_are_refused(state):
 def test_wrong_input_size_blames_the_data(state):
     with pytest.raises(ValueError, match="expected inputs with 2 features"):
         train.fit(MODEL, SCE, OPT, state, np.zeros((6, 5)), np.zeros(6, int), epochs=1)
+
+
+def test_raw_uint8_pixels_warn_at_the_callers_line():
+    # uint8 pixels 0-255 (the loaders' default) train to chance without any error
+    model = nn.serial(nn.flatten(), nn.dense(3))
+    opt = optim.sgd(0.1)
+    s = train.init_state(model, opt, jax.random.key(0), (4, 4))
+    x = np.random.default_rng(0).integers(0, 256, (12, 4, 4), dtype=np.uint8)
+    y = np.arange(12) % 3
+    with pytest.warns(UserWarning, match=r"inputs x are uint8 with values up to \d+: raw "
+                                         r"pixels\? .*x / 255") as caught:
+        train.fit(model, losses.softmax_cross_entropy, opt, s, x, y, epochs=1, progress=False)
+    assert [w.filename for w in caught] == [__file__]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scaled, or 0/1 masks: no warning
+        train.fit(model, losses.softmax_cross_entropy, opt, s, x / 255, y, epochs=1,
+                  progress=False)
+        train.device_data((x > 127).astype(np.uint8), y)
 
 
 def test_state_of_another_optimizer_is_refused(state):
