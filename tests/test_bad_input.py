@@ -200,6 +200,9 @@ CONSTRUCTORS = {
 @example(name="dropout", a="a", b=None)
 @example(name="dropout", a=None, b=None)
 @example(name="dense", a=True, b=None)
+@example(name="max_pool", a=None, b=None)   # no stride and no window: the window's error
+@example(name="max_pool", a=2, b=None)
+@example(name="max_pool", a="a", b=None)
 def test_layer_constructors_fail_loudly(name, a, b):
     """Random arguments: a working layer (it inits and applies to an image or vector),
     or a ValueError/TypeError naming the layer."""

@@ -72,13 +72,13 @@ def _pool(name: str, window, stride, padding, pad_value: float, reduce, backward
           ) -> Layer:
     """The shared part of a pooling layer: ``reduce(xp, window, strides)`` on the padded
     input; ``backward_taps(taps, y, dy)`` yields each tap's share of ``dy``."""
+    window = pair(window, "window", name)
     if stride is None:
-        w = window if isinstance(window, (int, np.integer)) else tuple(window)
+        w = window[0] if window[0] == window[1] else window
         raise ValueError(f"{name}: give the stride, as the references disagree on its "
                          f"default: {name}({w}, {w}) moves the window by its size "
                          f"(PyTorch's default, Nielsen's pooling), {name}({w}, 1) by one "
                          "(Flax's, stax's and Equinox's default)")
-    window = pair(window, "window", name)
     strides = pair(stride, "stride", name)
     geometry = sliding(name, "window", window, strides, padding)
 
