@@ -652,6 +652,14 @@ def test_run_logging_refuses_values_it_cannot_store(tmp_path):
            r"Run.fit: validation_data must be a pair \(x_val, y_val\); got ndarray of length 30")
     raises(lambda: run.fit(MODEL, SCE, optim.sgd(0.1), None, X, Y, epochs=0), ValueError,
            r"epochs must be a positive int")
+    for steps in ({"steps": 5}, {"epochs": 1, "steps": 5}, {"epochs": 1, "eval_every": 2}):
+        raises(lambda: run.fit(MODEL, SCE, optim.sgd(0.1), None, X, Y, **steps), TypeError,
+               r"Run.fit counts epochs: .* fix: epochs=ceil\(steps / steps_per_epoch\)")
+    raises(lambda: run.fit(MODEL, SCE, optim.sgd(0.1), None, X, Y), ValueError,
+           r"epochs must be a positive int; got None")
+    for config in ({"lr": 0.1}, Cfg):
+        raises(lambda: experiment.Run("fuzz", config, 0, tmp_path), TypeError,
+               r"Run: config must be an instance of your config dataclass")
 
 
 def test_resume_refuses_what_it_cannot_trust(tmp_path):

@@ -8,6 +8,7 @@ checkpointing it, and saves the last finite state when the loss diverges.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
@@ -56,6 +57,10 @@ class Run:
                  checkpoint_every: int = 1, keep: int = 3, verbose: bool = True):
         if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)):
             raise TypeError(f"Run: seed must be an int, got {seed!r}")
+        if not dataclasses.is_dataclass(config) or isinstance(config, type):
+            raise TypeError(f"Run: config must be an instance of your config dataclass "
+                            f"(experiment.main builds it from the command line); got "
+                            f"{type(config).__name__ if not isinstance(config, type) else config}")
         self.name, self.config, self.seed, self.dir = name, config, int(seed), Path(folder)
         self.key = jax.random.key(self.seed)
         self.checkpoint_every, self.keep, self.verbose = checkpoint_every, keep, verbose
@@ -296,7 +301,7 @@ class Run:
 
     # -- training ----------------------------------------------------------------------------
     def fit(self, model: Any, loss: Callable, optimizer: Any, state: train.TrainState,
-            x: Any, y: Any, *, epochs: int, batch_size: int | None = None,
+            x: Any, y: Any, *, epochs: int | None = None, batch_size: int | None = None,
             validation_data: tuple[Any, Any] | None = None,
             epoch_metrics: Callable[[train.TrainState], Mapping[str, Any]] | None = None,
             **fit_kwargs: Any) -> tuple[train.TrainState, train.History]:
@@ -317,6 +322,11 @@ class Run:
           train.DivergedError: the loss went NaN/inf; the last finite state is saved
             as ``diverged_last_finite.npz`` and the earlier checkpoints are kept.
         """
+        if "steps" in fit_kwargs or "eval_every" in fit_kwargs:
+            raise TypeError("Run.fit counts epochs: its checkpoints, resume and "
+                            "metrics.jsonl rows are per epoch, so it takes epochs=, not "
+                            "train.fit's steps= / eval_every=; fix: epochs=ceil(steps / "
+                            "steps_per_epoch), or call train.fit(steps=...) without the run")
         for bad in ("on_chunk", "epochs_per_call"):
             if bad in fit_kwargs:
                 raise TypeError(f"Run.fit: {bad} is set by the run (checkpoint every "
