@@ -27,7 +27,8 @@ the means of the three are 97.84 / 98.79 / 99.06 / 99.15% (``--results`` lists t
 
 ``--expanded`` adds Nielsen's expanded training set (each image also shifted one
 pixel up, down, left and right: 250,000 images; the book: 99.37% with
-``dbl_conv_relu``; here 99.35% with seed 0, at epoch 59, in 2.3 hours on one core). Every rule is hand-derived (``--engine backprop``, the default);
+``dbl_conv_relu``; here 99.35% with seed 0, at epoch 59, in 2.3 hours on one core).
+Every rule is hand-derived (``--engine backprop``, the default);
 ``--engine jax`` trains the same net with ``jax.grad``. ``--dataset fashion`` runs
 the networks on Fashion-MNIST, where the book's numbers do not apply.
 

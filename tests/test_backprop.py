@@ -214,12 +214,15 @@ LAYER_MUTANTS = {
         lambda x, y, dy: jnp.where(x > 0, 0.1 * dy, dy))), (5,)),
     "softmax: diagonal of the Jacobian only": (_mutant(nn.softmax(), _act_rule(
         lambda x, y, dy: dy * y * (1 - y))), (5,)),
-    "dropout: mask not reused (a fresh draw)": (_mutant(nn.dropout(0.5), lambda p, mask, dy, key, train: (
+    "dropout: mask not reused (a fresh draw)": (_mutant(
+        nn.dropout(0.5), lambda p, mask, dy, key, train: (
         nn.NoParams(), dy * nn.dropout_mask(jax.random.fold_in(key, 1), 0.5,
                                             dy.shape).astype(dy.dtype))), (5,)),
-    "dropout: 1/(1-rate) scale forgotten": (_mutant(nn.dropout(0.5), lambda p, mask, dy, key, train: (
+    "dropout: 1/(1-rate) scale forgotten": (_mutant(
+        nn.dropout(0.5), lambda p, mask, dy, key, train: (
         nn.NoParams(), dy if mask is None else dy * (mask > 0))), (5,)),
-    "flatten: gradient reshaped in the wrong order": (_mutant(nn.flatten(), lambda p, tape, dy, key, train: (
+    "flatten: gradient reshaped in the wrong order": (_mutant(
+        nn.flatten(), lambda p, tape, dy, key, train: (
         nn.NoParams(), dy.reshape(tape[0].shape[0], tape[0].shape[2],
                                   tape[0].shape[1]).swapaxes(1, 2))), (3, 3)),
     "residual: skip gradient dropped": (_mutant(nn.residual(nn.serial(nn.dense(4), nn.tanh())),
@@ -313,7 +316,8 @@ def test_check_at_kinks_deliberately():
     result = backprop.check(nn.relu(), x)
     assert result.kinks_skipped == 2 * 3  # 3 zeros, train and eval
     bad = _mutant(nn.relu(), _act_rule(lambda x, y, dy: jnp.where(x >= 0, dy, 0)))
-    with pytest.raises(gradcheck.GradientCheckError, match=r"jax\.vjp; worst at element \(\d, \d\)"):
+    with pytest.raises(gradcheck.GradientCheckError,
+                       match=r"jax\.vjp; worst at element \(\d, \d\)"):
         backprop.check(bad, x)
 
 

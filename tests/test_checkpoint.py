@@ -57,7 +57,8 @@ def make_state(seed: int = 0) -> TrainState:
     w = jax.random.normal(k1, (3, 4), jnp.float32)
     w = w.at[0, 0].set(jnp.nan).at[0, 1].set(-0.0)  # bit patterns that == would miss
     layer = Dense(w=w, b=jnp.arange(4, dtype=jnp.float64) / 3)
-    params = (layer, {"mask": jnp.array([True, False, True]), "idx": jnp.arange(5, dtype=jnp.int32)},
+    params = (layer, {"mask": jnp.array([True, False, True]),
+                      "idx": jnp.arange(5, dtype=jnp.int32)},
               (), {})  # empty subtrees
     opt = AdamState(count=jnp.array(7, jnp.int32), mu={"w": jnp.zeros((3, 4), jnp.float32)},
                     hyper={"lr": jnp.array(1e-3), "b1": jnp.array(0.9, jnp.float32)})
@@ -113,7 +114,8 @@ def make_version_1(path: Path) -> Path:
     header["checksum"] = ckpt.fileformat.header_checksum(header)
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
-            with zf.open(zipfile.ZipInfo(name, ckpt.fileformat.ZIP_TIME), "w", force_zip64=True) as m:
+            info = zipfile.ZipInfo(name, ckpt.fileformat.ZIP_TIME)
+            with zf.open(info, "w", force_zip64=True) as m:
                 m.write(data)
         zf.writestr(zipfile.ZipInfo(ckpt.HEADER, ckpt.fileformat.ZIP_TIME),
                     json.dumps(header, indent=1, sort_keys=True))
@@ -132,7 +134,8 @@ def test_roundtrip_train_state_is_bitwise_exact(tmp_path):
     assert back.key.dtype == state.key.dtype and back.key.shape == (4,)
     assert_bitwise_equal(state, back)
     # the rebuilt keys are usable and give the same random numbers
-    assert np.array_equal(jax.random.uniform(back.key[2], (3,)), jax.random.uniform(state.key[2], (3,)))
+    assert np.array_equal(jax.random.uniform(back.key[2], (3,)),
+                          jax.random.uniform(state.key[2], (3,)))
 
 
 def test_scalars_come_back_as_arrays_and_root_leaf_works(tmp_path):
@@ -163,7 +166,8 @@ def test_same_tree_gives_identical_bytes(tmp_path):
 
 
 def test_metadata_roundtrip_and_errors(tmp_path):
-    meta = {"lr": 0.05, "layers": [2, 64, 3], "name": "spiral", "nested": {"ok": True, "none": None}}
+    meta = {"lr": 0.05, "layers": [2, 64, 3], "name": "spiral",
+            "nested": {"ok": True, "none": None}}
     path = ckpt.save(tmp_path / "m.npz", {"a": jnp.ones(2)}, metadata=meta)
     assert ckpt.load_metadata(path) == meta
     assert ckpt.load_metadata(ckpt.save(tmp_path / "n.npz", {})) == {}
@@ -192,7 +196,8 @@ def test_structure_mismatch_lists_missing_and_unexpected_paths(tmp_path):
 
 
 def test_shape_dtype_and_kind_mismatches_are_all_reported(tmp_path):
-    tree = {"w": jnp.ones((3, 4), jnp.float32), "n": jnp.array(1, jnp.int32), "k": jax.random.key(0)}
+    tree = {"w": jnp.ones((3, 4), jnp.float32), "n": jnp.array(1, jnp.int32),
+            "k": jax.random.key(0)}
     path = ckpt.save(tmp_path / "s.npz", tree)
     template = {"w": jnp.ones((4, 3), jnp.float32), "n": jnp.array(1, jnp.int64), "k": jnp.zeros(2)}
     with pytest.raises(CheckpointError) as err:
@@ -387,7 +392,8 @@ def test_huge_npy_shape_is_refused_without_allocating(tmp_path):
                                                "shape": (2**40,)})
     edit_header(path, lambda h: h["leaves"][0].update(shape=[2**40]))
     rewrite(path, {"['a'].npy": buf.getvalue() + np.ones(4).tobytes()})
-    with pytest.raises(CheckpointError, match=r"holds 32 bytes of data, its shape needs 8796093022208"):
+    with pytest.raises(CheckpointError,
+                       match=r"holds 32 bytes of data, its shape needs 8796093022208"):
         ckpt.read(path)
 
 
@@ -409,7 +415,9 @@ NARROWING = textwrap.dedent("""
     model = nn.serial(nn.dense(4), nn.relu(), nn.dense(2))  # a 32-bit state round-trips
     state = train.init_state(model, optim.adam(0.1), jax.random.key(0), (3,))
     back = ckpt.load(ckpt.save(path + ".state.npz", state), state)
-    data = lambda x: jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) else x
+    def data(x):
+        return (jax.random.key_data(x) if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+                else x)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(back)):
         assert a.dtype == b.dtype and np.array_equal(data(a), data(b))
     print("STATE OK")
@@ -540,7 +548,8 @@ def test_save_removes_its_own_stale_temporaries_and_nothing_else(tmp_path, monke
     (tmp_path / ".s.npz.bbbbbbbbbbbb.tmp").symlink_to(tmp_path / "outside")  # nor is a link
     ckpt.save(tmp_path / "s.npz", {"a": jnp.zeros(2)})
     left = {p.name for p in tmp_path.iterdir()}
-    assert left == {"s.npz", "outside", ".s.npz.aaaaaaaaaaaa.tmp", ".s.npz.bbbbbbbbbbbb.tmp", *others}
+    assert left == {"s.npz", "outside", ".s.npz.aaaaaaaaaaaa.tmp", ".s.npz.bbbbbbbbbbbb.tmp",
+                    *others}
     assert (tmp_path / "outside").read_text() == "keep"
     assert int(ckpt.load(tmp_path / "s.npz", {"a": jnp.ones(2)})["a"][0]) == 0
 
@@ -692,7 +701,8 @@ def test_resume_falls_back_past_every_damaged_checkpoint(tmp_path, capsys):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["resumed_from_epoch"] == 3 and manifest["status"] == "completed"
     assert_bitwise_equal(reference, resumed)
-    assert [r["epoch"] for r in experiment.read_metrics(folder / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    rows = experiment.read_metrics(folder / "metrics.jsonl")
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5]
 
     # with every checkpoint damaged, the run starts again from scratch and says so
     for name in names:

@@ -98,7 +98,8 @@ def test_labels_as_floats_or_a_column_name_the_fix():
 
 
 def test_labels_not_integers_or_wrong_shape():
-    with pytest.raises(ValueError, match=r"one-hot or soft labels must have the predictions' shape \(5, 4\); got \(5,\)"):
+    with pytest.raises(ValueError, match=r"one-hot or soft labels must have the predictions' "
+                                         r"shape \(5, 4\); got \(5,\)"):
         losses.softmax_cross_entropy(jnp.asarray(Z), jnp.asarray(Y, jnp.float64))
     with pytest.raises(TypeError, match="labels must be integer class indices"):
         losses.softmax_cross_entropy(jnp.asarray(Z), jnp.ones(5, bool))

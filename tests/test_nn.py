@@ -53,7 +53,8 @@ def test_parameters_are_immutable():
     ("nnfs", lambda w: abs(np.std(w) - 0.01) < 0.002),
     ("nielsen_large", lambda w: abs(np.std(w) - 1.0) < 0.1),
     ("nielsen", lambda w: abs(np.std(w) - 1 / np.sqrt(400)) < 0.005),
-    ("glorot", lambda w: np.max(np.abs(w)) <= np.sqrt(6 / 500) and abs(np.std(w) - np.sqrt(2 / 500)) < 0.005),
+    ("glorot", lambda w: np.max(np.abs(w)) <= np.sqrt(6 / 500)
+     and abs(np.std(w) - np.sqrt(2 / 500)) < 0.005),
     ("he", lambda w: abs(np.std(w) - np.sqrt(2 / 400)) < 0.007),
 ])
 def test_initializers(name, check):
@@ -118,7 +119,8 @@ def test_summary():
 # ----------------------------------------------------------------------------- bad input
 
 def test_init_wrong_rank_is_clear():
-    with pytest.raises(ValueError, match=r"dense: expected a 1-D example shape.*\(28, 28\).*flatten"):
+    with pytest.raises(ValueError,
+                       match=r"dense: expected a 1-D example shape.*\(28, 28\).*flatten"):
         nn.dense(3).init(jax.random.key(0), (28, 28))
     with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
         nn.dense(3).init(jax.random.key(0), 5)

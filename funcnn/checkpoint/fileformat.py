@@ -99,7 +99,8 @@ def describe_leaf(leaf: Any) -> tuple[str, tuple[int, ...], str]:
 def header_checksum(header: dict) -> str:
     """The sha256 of the header's canonical JSON, its ``checksum`` field left out."""
     body = {k: v for k, v in header.items() if k != "checksum"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def file_sha256(data: bytes) -> bytes:
@@ -115,5 +116,6 @@ def is_sealed(data: bytes) -> bool:
 
 
 def looks_like_checkpoint(data: bytes) -> bool:
-    """Whether unreadable ``data`` still looks like a funcnn checkpoint (for the error's wording)."""
+    """Whether unreadable ``data`` still looks like a funcnn checkpoint (for the error's
+    wording)."""
     return is_sealed(data) or HEADER.encode() in data

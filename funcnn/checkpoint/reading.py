@@ -83,9 +83,9 @@ class _Archive:
         self.data = data = path.read_bytes()
         self.sealed = is_sealed(data)
         if self.sealed and data[-DIGITS:] != file_sha256(data):
-            raise damaged(path, f"whole-file sha256 mismatch: some of its {len(data)} bytes changed "
-                                "after it was written (corrupted on disk or in a copy, or truncated "
-                                "and overwritten)")
+            raise damaged(path, f"whole-file sha256 mismatch: some of its {len(data)} bytes "
+                                "changed after it was written (corrupted on disk or in a copy, or "
+                                "truncated and overwritten)")
         if data[:4] != ZIP_MAGIC:
             if looks_like_checkpoint(data):
                 raise damaged(path, "it does not start with a zip header (truncated or damaged)")
@@ -97,7 +97,8 @@ class _Archive:
         except Exception as e:  # whatever zipfile raises on bad bytes, the file is damaged
             why = f"({type(e).__name__}: {e})"
             if looks_like_checkpoint(data):
-                raise damaged(path, f"truncated or damaged, cannot read its zip directory {why}") from None
+                raise damaged(path, "truncated or damaged, cannot read its zip directory "
+                              f"{why}") from None
             raise refused(path, f"cannot read it as a zip archive {why}: not a funcnn checkpoint, "
                                 "or one truncated or damaged beyond recognition") from None
         self.members: dict[str, zipfile.ZipInfo] = {}
@@ -263,7 +264,8 @@ def _narrowed(header: dict, order: list[int], datas: list[np.ndarray]) -> list[s
     for i in order:
         e, dtype = header["leaves"][i], datas[i].dtype
         if e["kind"] == "array" and jax.dtypes.canonicalize_dtype(dtype) != dtype:
-            found.append(f"{e['path'] or '<root>'}: {dtype} -> {jax.dtypes.canonicalize_dtype(dtype)}")
+            canonical = jax.dtypes.canonicalize_dtype(dtype)
+            found.append(f"{e['path'] or '<root>'}: {dtype} -> {canonical}")
     return found
 
 

@@ -33,7 +33,8 @@ def _check_folder(target: Path) -> Path:
     if not folder.exists():
         raise FileNotFoundError(f"checkpoint folder {folder} does not exist; {hint}")
     if not folder.is_dir():
-        raise NotADirectoryError(f"checkpoint folder {folder} is not a folder; pick a path inside a folder")
+        raise NotADirectoryError(f"checkpoint folder {folder} is not a folder; pick a path "
+                                 "inside a folder")
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"checkpoint folder {folder} is not writable; fix its permissions "
                               "or save somewhere else")
