@@ -41,6 +41,7 @@ INPUT_SHAPES = {"flatten": (2, 4), "residual": (4,), "conv2d": (5, 4, 2),
                 "max_pool": (5, 4, 2), "avg_pool": (4, 5, 1), "layer_norm": (2, 5)}
 LAYER_CASES = {name: (ctor, INPUT_SHAPES.get(name, (5,))) for name, ctor in nn.LAYERS.items()}
 LAYER_CASES["elementwise"] = (_square, (5,))
+LAYER_CASES["gelu (exact)"] = (lambda: nn.gelu(approximate=False), (5,))
 LAYER_CASES["nested"] = (lambda: nn.serial(nn.dense(4), nn.tanh(), nn.residual(
     nn.serial(nn.dense(4), nn.sigmoid(), nn.dropout(0.5))), nn.dense(3)), (5,))
 # Each layer built once: layers hash by identity, so the program backprop.check compiles
@@ -360,7 +361,8 @@ def _net_case(loss_name, widths, acts, seed, n=6, d=3):
     return model, params, x, y, k[3]
 
 
-ACTS = [nn.relu, lambda: nn.leaky_relu(0.2), nn.sigmoid, nn.tanh, nn.identity,
+ACTS = [nn.relu, lambda: nn.leaky_relu(0.2), nn.elu, nn.gelu, nn.silu, nn.softplus,
+        nn.sigmoid, nn.tanh, nn.identity,
         lambda: nn.dropout(0.25), nn.softmax,
         lambda: nn.residual(nn.serial(nn.tanh(), nn.dropout(0.1)))]
 

@@ -191,6 +191,8 @@ CONSTRUCTORS = {
     "avg_pool": lambda a, b: nn.avg_pool(2, 2, a),
     "dropout": lambda a, b: nn.dropout(a),
     "leaky_relu": lambda a, b: nn.leaky_relu(a),
+    "elu": lambda a, b: nn.elu(a),
+    "gelu": lambda a, b: nn.gelu(a),
     "layer_norm": lambda a, b: nn.layer_norm(a),
 }
 
@@ -209,7 +211,8 @@ def test_layer_constructors_fail_loudly(name, a, b):
     layer_name = name.split()[0]
     try:
         layer = CONSTRUCTORS[name](a, b)
-        shape = (4,) if layer_name in ("dense", "dropout", "leaky_relu", "layer_norm") \
+        shape = (4,) if layer_name in ("dense", "dropout", "leaky_relu", "elu", "gelu",
+                                       "layer_norm") \
             else (6, 6, 1)
         params = layer.init(jax.random.key(0), shape)
         y = layer.apply(params, jnp.ones((2, *shape)))

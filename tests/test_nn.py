@@ -86,6 +86,55 @@ def test_activations_values():
     assert np.all(np.isfinite(s)) and float(s[0, 0]) == 1.0
 
 
+SMOOTH = [  # funcnn layer, the jax.nn function it equals
+    (nn.elu(0.5), lambda v: jax.nn.elu(v, 0.5)),
+    (nn.gelu(), jax.nn.gelu),
+    (nn.gelu(approximate=False), lambda v: jax.nn.gelu(v, approximate=False)),
+    (nn.silu(), jax.nn.silu),
+    (nn.softplus(), jax.nn.softplus),
+]
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+@pytest.mark.parametrize("layer,fn", SMOOTH, ids=[layer.name + str(layer.config)
+                                                  for layer, _ in SMOOTH])
+def test_smooth_activations_equal_jax_nn_and_their_slopes_jax_grad(layer, fn, dtype):
+    """Values equal jax.nn's; the hand slopes equal jax.grad's at 0 (elu's side: alpha),
+    in the tails and near 0, and stay finite where the inputs' powers overflow (jax.grad
+    of the tanh-form gelu gives NaN at 1e20; the rule gives the exact slope, 1)."""
+    x = jnp.array([[-1e20, -1e6, -30.0, -1.0, -1e-3, 0.0, 1e-3, 1.0, 3.0, 30.0, 1e6, 1e20]],
+                  dtype)
+    p = nn.NoParams()
+    y = layer.apply(p, x)
+    np.testing.assert_array_equal(y, fn(x))
+    _, dx = layer.backward_fn(p, (x, y), jnp.ones_like(x), None, False)
+    slope = jax.vmap(jax.grad(fn))(x[0])
+    finite = np.isfinite(slope)
+    assert np.all(np.isfinite(dx)) and finite[1:-1].all()
+    np.testing.assert_allclose(dx[0][finite], slope[finite],
+                               rtol=1e-6 if dtype == jnp.float32 else 1e-14, atol=1e-30)
+    if layer.name == "gelu":
+        np.testing.assert_array_equal(np.asarray(dx[0])[[0, -1]], [0.0, 1.0])
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: nn.elu(float("nan")), "elu: alpha must be finite"),
+    (lambda: nn.elu("1"), "elu: alpha must be a real number"),
+    (lambda: nn.gelu("tanh"), r"gelu: approximate must be True \(the tanh form"),
+    (lambda: nn.gelu(None), "gelu: approximate must be True"),
+])
+def test_smooth_activation_arguments(make, match):
+    with pytest.raises((TypeError, ValueError), match=match):
+        make()
+
+
+def test_other_frameworks_activation_names_point_to_funcnn():
+    for name, spelling in (("GELU", "nn.gelu"), ("SiLU", "nn.silu"), ("swish", "nn.silu"),
+                           ("ELU", "nn.elu"), ("Softplus", "nn.softplus")):
+        with pytest.raises(AttributeError, match=f"funcnn's spelling is {spelling}"):
+            getattr(nn, name)
+
+
 def test_dropout_rate_is_drop_probability_and_inverted():
     layer = nn.dropout(0.25)
     x = jnp.ones((200, 100), jnp.float64)

@@ -22,8 +22,8 @@ instance each, so a test can check every one of them.
 
 from collections.abc import Callable
 
-from funcnn.nn.activations import (elementwise, identity, leaky_relu, relu, sigmoid, softmax,
-                                   softmax_fn, tanh)
+from funcnn.nn.activations import (elementwise, elu, gelu, identity, leaky_relu, relu, sigmoid,
+                                   silu, softmax, softmax_fn, softplus, tanh)
 from funcnn.nn.combinators import residual, serial
 from funcnn.nn.conv import Conv, conv2d
 from funcnn.nn.dense import Dense, bias_initializers, dense, initializers
@@ -39,7 +39,8 @@ __all__ = [
     "Layer", "Dense", "Conv", "LayerNorm", "NoParams",
     "InitFn", "ApplyFn", "ForwardFn", "BackwardFn", "StatsFn", "Run",
     "serial", "residual", "dense", "conv2d", "max_pool", "avg_pool", "layer_norm",
-    "relu", "leaky_relu", "sigmoid", "tanh", "softmax", "identity", "dropout", "flatten",
+    "relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh", "softmax",
+    "identity", "dropout", "flatten",
     "elementwise", "summary", "initializers", "bias_initializers", "dropout_mask",
     "softmax_fn", "check_batch", "check_params", "layer_keys", "LAYERS",
 ]
@@ -54,6 +55,8 @@ OTHER_NAMES: dict[str, str] = {
     "Conv2d": "nn.conv2d(features, kernel_size, stride, padding)",
     "Relu": "nn.relu()", "ReLU": "nn.relu()", "LeakyReLU": "nn.leaky_relu(negative_slope)",
     "Sigmoid": "nn.sigmoid()", "Tanh": "nn.tanh()", "Softmax": "nn.softmax()",
+    "ELU": "nn.elu(alpha)", "GELU": "nn.gelu(approximate=True)", "SiLU": "nn.silu()",
+    "swish": "nn.silu()", "Swish": "nn.silu()", "Softplus": "nn.softplus()",
     "LogSoftmax": ("logits and losses.softmax_cross_entropy (which takes log_softmax "
                    "itself); losses.log_softmax is the function"),
     "Identity": "nn.identity()", "Flatten": "nn.flatten()",
@@ -81,6 +84,10 @@ LAYERS: dict[str, Callable[[], Layer]] = {
     "dense": lambda: dense(3),
     "relu": relu,
     "leaky_relu": lambda: leaky_relu(0.1),
+    "elu": lambda: elu(0.5),
+    "gelu": gelu,
+    "silu": silu,
+    "softplus": softplus,
     "sigmoid": sigmoid,
     "tanh": tanh,
     "softmax": softmax,

@@ -7,6 +7,7 @@ whichever of ``x`` or ``y`` makes ``f'`` cheapest.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import jax
@@ -18,8 +19,8 @@ from funcnn.nn.layer import Layer, NoParams, check_batch
 
 Array = jax.Array
 
-__all__ = ["relu", "leaky_relu", "sigmoid", "tanh", "identity", "softmax", "softmax_fn",
-           "elementwise"]
+__all__ = ["relu", "leaky_relu", "elu", "gelu", "silu", "softplus", "sigmoid", "tanh",
+           "identity", "softmax", "softmax_fn", "elementwise"]
 
 
 def elementwise(name: str, fn: Callable[[Array], Array],
@@ -82,26 +83,95 @@ def relu() -> Layer:
                        stats=lambda x, y: {"dead_units": _dead_units(y)})
 
 
+def _check_real(name: str, what: str, value, meaning: str) -> None:
+    """A layer's number argument: a finite real scalar (a NaN one would turn the
+    outputs, and their gradients, into NaN only once training runs)."""
+    v = concrete(value)
+    if v is None:  # a tracer inside jit or vmap (a swept value): checked by its sweep
+        return
+    real = jnp.issubdtype(v.dtype, jnp.integer) or jnp.issubdtype(v.dtype, jnp.floating)
+    if v.shape != () or not real:  # bool is neither
+        raise TypeError(f"{name}: {what} must be a real number ({meaning}); got {value!r} "
+                        f"of type {type(value).__name__}")
+    if not np.isfinite(v):
+        raise ValueError(f"{name}: {what} must be finite ({meaning}); got {value!r}")
+
+
 def leaky_relu(negative_slope: float = 0.01) -> Layer:
     """``x`` for ``x > 0`` and ``negative_slope * x`` otherwise.
 
     ``negative_slope`` must be a finite real number: a NaN one would turn every negative
     input, and its gradient, into NaN only once training runs.
     """
-    v = concrete(negative_slope)
-    if v is not None:  # known now (not a tracer inside jit or vmap)
-        real = jnp.issubdtype(v.dtype, jnp.integer) or jnp.issubdtype(v.dtype, jnp.floating)
-        if v.shape != () or not real:  # bool is neither
-            raise TypeError(f"leaky_relu: negative_slope must be a real number, e.g. 0.01; "
-                            f"got {negative_slope!r} of type {type(negative_slope).__name__}")
-        if not np.isfinite(v):
-            raise ValueError(f"leaky_relu: negative_slope must be finite (the slope for "
-                             f"x <= 0, e.g. 0.01); got {negative_slope!r}")
+    _check_real("leaky_relu", "negative_slope", negative_slope, "the slope for x <= 0, e.g. 0.01")
     a = negative_slope
     # Rule: slope 1 where x > 0, a elsewhere.
     return elementwise("leaky_relu", lambda x: jnp.where(x > 0, x, a * x),
                        lambda x, y, dy: jnp.where(x > 0, dy, a * dy),
                        negative_slope=negative_slope)
+
+
+def elu(alpha: float = 1.0) -> Layer:
+    """The exponential linear unit: ``x`` for ``x > 0``, ``alpha (e^x - 1)`` otherwise
+    (``jax.nn.elu``; Clevert et al. 2015)."""
+    _check_real("elu", "alpha", alpha, "the scale of the negative part, e.g. 1.0")
+    a = alpha
+    # Rule: slope 1 where x > 0; alpha e^x = y + alpha elsewhere (from the output, no exp).
+    # At x = 0 the slope is alpha, the side jax.grad of jax.nn.elu takes.
+    return elementwise("elu", lambda x: jax.nn.elu(x, a),
+                       lambda x, y, dy: jnp.where(x > 0, dy, dy * (y + a)), alpha=alpha)
+
+
+_SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
+_GELU_CUBIC = 0.044715
+
+
+def _gelu_tanh_slope(x: Array) -> Array:
+    # y = x c(x) with c = (1 + tanh u) / 2, u = sqrt(2/pi) (x + 0.044715 x^3):
+    #   dy/dx = c + x c' = c + x (1 - tanh^2 u) / 2 * sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+    # Beyond |x| = 100, tanh u is +-1 exactly and the slope exactly 1 or 0: clipping x
+    # there keeps 0 * inf (x^3 overflowing) from making it NaN, as it does in jax.grad.
+    x = jnp.clip(x, min=-100, max=100)
+    t = jnp.tanh(_SQRT_2_OVER_PI * (x + _GELU_CUBIC * x ** 3))
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _SQRT_2_OVER_PI * (
+        1 + 3 * _GELU_CUBIC * x * x)
+
+
+def _gelu_exact_slope(x: Array) -> Array:
+    # y = x Phi(x), Phi the standard normal CDF: dy/dx = Phi(x) + x phi(x),
+    # phi(x) = e^(-x^2/2) / sqrt(2 pi) its density.
+    cdf = 0.5 * (1 + jax.lax.erf(x / math.sqrt(2)))
+    return cdf + x * jnp.exp(-0.5 * x * x) * (_SQRT_2_OVER_PI / 2)
+
+
+def gelu(approximate: bool = True) -> Layer:
+    """The Gaussian error linear unit ``x Phi(x)``, ``Phi`` the standard normal CDF
+    (``jax.nn.gelu``; Hendrycks and Gimpel 2016). ``approximate=True`` (the default, as
+    ``jax.nn.gelu`` and Flax) uses ``Phi(x) ~ (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+    / 2``; ``False`` the exact ``erf`` form (PyTorch's default)."""
+    if not isinstance(approximate, (bool, np.bool_)):
+        raise TypeError(f"gelu: approximate must be True (the tanh form, jax.nn.gelu's "
+                        f"default) or False (erf); got {approximate!r}")
+    approximate = bool(approximate)
+    slope = _gelu_tanh_slope if approximate else _gelu_exact_slope
+    return elementwise("gelu", lambda x: jax.nn.gelu(x, approximate=approximate),
+                       lambda x, y, dy: dy * slope(x), approximate=approximate)
+
+
+def silu() -> Layer:
+    """``x s(x)``, ``s`` the sigmoid: SiLU, also called swish (``jax.nn.silu``)."""
+    # dy/dx = s + x s (1 - s) = s + y (1 - s).
+    def slope(x, y):
+        s = jax.nn.sigmoid(x)
+        return s + y * (1 - s)
+    return elementwise("silu", jax.nn.silu, lambda x, y, dy: dy * slope(x, y))
+
+
+def softplus() -> Layer:
+    """``log(1 + e^x)``, a smooth ReLU (``jax.nn.softplus``)."""
+    # d log(1 + e^x)/dx = e^x / (1 + e^x) = s(x), the sigmoid.
+    return elementwise("softplus", jax.nn.softplus,
+                       lambda x, y, dy: dy * jax.nn.sigmoid(x))
 
 
 def sigmoid() -> Layer:
