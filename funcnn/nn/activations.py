@@ -116,10 +116,13 @@ def elu(alpha: float = 1.0) -> Layer:
     (``jax.nn.elu``; Clevert et al. 2015)."""
     _check_real("elu", "alpha", alpha, "the scale of the negative part, e.g. 1.0")
     a = alpha
-    # Rule: slope 1 where x > 0; alpha e^x = y + alpha elsewhere (from the output, no exp).
+    # Rule: slope 1 where x > 0; alpha e^x elsewhere. (That is y + alpha, but in the tail
+    # y + alpha cancels to 0 while alpha e^x is tiny and exact: e^-30 is 1e-13.)
     # At x = 0 the slope is alpha, the side jax.grad of jax.nn.elu takes.
     return elementwise("elu", lambda x: jax.nn.elu(x, a),
-                       lambda x, y, dy: jnp.where(x > 0, dy, dy * (y + a)), alpha=alpha)
+                       lambda x, y, dy: jnp.where(x > 0, dy,
+                                                  dy * a * jnp.exp(jnp.minimum(x, 0))),
+                       alpha=alpha)
 
 
 _SQRT_2_OVER_PI = math.sqrt(2 / math.pi)
