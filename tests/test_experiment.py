@@ -183,6 +183,37 @@ def test_run_folder_manifest_metrics_and_results(tmp_path):
     assert leaves_equal(final, state)
 
 
+def test_a_failed_attempt_leaves_a_completed_run_completed(tmp_path):
+    """Asked again with an unhashed field changed (here a note; in practice a moved data
+    folder), a completed run whose new attempt fails keeps its status, its config.json
+    (the values its results came from) and its results; the failed attempt, with its
+    values, is in the manifest's attempts. A later attempt that completes records its
+    values as usual."""
+    run_main(tmp_path, "--epochs", "2", "--note", "first")
+    folder = only_folder(tmp_path)
+    results = (folder / "results.json").read_text()
+
+    def missing_data(r):
+        raise FileNotFoundError("no MNIST files in /moved")
+
+    with pytest.raises(FileNotFoundError):
+        run_main(tmp_path, "--epochs", "2", "--note", "moved", run_fn=missing_data)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["error"] is None and m["epochs_done"] == 2
+    failed = m["attempts"][-1]
+    assert failed["status"] == "failed" and "no MNIST files" in failed["error"]
+    assert failed["config"]["note"] == "moved"
+    assert json.loads((folder / "config.json").read_text())["config"]["note"] == "first"
+    assert (folder / "results.json").read_text() == results
+    (record,) = experiment.collect("spiral", tmp_path)
+    assert record.status == "completed" and record.config["note"] == "first"
+
+    run_main(tmp_path, "--epochs", "2", "--note", "second")
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "completed" and len(m["attempts"]) == 2
+    assert json.loads((folder / "config.json").read_text())["config"]["note"] == "second"
+
+
 # --------------------------------------------------------------------------- resume
 
 class Crash(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import secrets
@@ -95,6 +96,7 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
                 _clean_tmp(folder)
                 if restart:
                     _discard(folder)
+                completed = None if restart else _completed_records(folder)
                 manifest = _open_records(folder, name, config, run, checkpoint_every, command)
         if verbose and main:
             print(f"{name}: run folder {folder}")
@@ -112,7 +114,10 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
                 if run.diverged is not None:
                     manifest["diverged"] = run.diverged
                 with contextlib.suppress(OSError):
-                    _write_json(folder / "manifest.json", manifest)
+                    if completed is not None:  # the run stays completed (see below)
+                        _keep_completed(folder, manifest, *completed)
+                    else:
+                        _write_json(folder / "manifest.json", manifest)
             raise
         if main:
             if plots:
@@ -127,6 +132,41 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
             _write_json(folder / "manifest.json", manifest)
     distributed.barrier("funcnn.experiment done")  # the folder is complete
     return result
+
+
+def _completed_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``(config record, manifest)`` of a run folder whose last attempt completed, else
+    None. A later attempt that fails (a moved data folder given in an unhashed field,
+    Ctrl-C) must not make the completed run read as failed, nor its results as obtained
+    with the failed attempt's unhashed values: :func:`_keep_completed` puts these back."""
+    cfg_path, man_path = folder / "config.json", folder / "manifest.json"
+    if not (cfg_path.is_file() and man_path.is_file()):
+        return None
+    with contextlib.suppress(ExperimentError, OSError, ValueError):
+        manifest, record = json.loads(man_path.read_text("utf-8")), json.loads(
+            cfg_path.read_text("utf-8"))
+        if isinstance(manifest, dict) and isinstance(record, dict) \
+                and manifest.get("status") == "completed":
+            return record, manifest
+    return None
+
+
+def _keep_completed(folder: Path, failed: dict[str, Any], record: dict[str, Any],
+                    manifest: dict[str, Any]) -> None:
+    """After a failed attempt on a completed run: its ``config.json`` and manifest as
+    the completed attempt left them, the failed attempt (with its unhashed config
+    values) added to the manifest's ``attempts``."""
+    attempt = {k: failed.get(k) for k in ("started", "ended", "status", "error", "command",
+                                          "resumed_from_epoch", "epochs_done", "layout")}
+    cfg = folder / "config.json"
+    now = _read_record(cfg) if cfg.is_file() else None
+    if now is not None and now.get("config") != record.get("config"):
+        attempt["config"] = now.get("config")
+    earlier = manifest.get("attempts")
+    manifest = {**manifest, "attempts": (earlier if isinstance(earlier, list) else [])
+                + [attempt]}
+    _write_json(cfg, record)
+    _write_json(folder / "manifest.json", manifest)
 
 
 def _open_records(folder: Path, name: str, config: Any, run: Run, checkpoint_every: int,
