@@ -327,6 +327,33 @@ def test_checksum_mismatch_names_file_hashes_and_fix(tmp_path):
         load_idx_dataset(spec, write_files(tmp_path / "e", arrays))
 
 
+def test_another_known_data_sets_file_is_named_not_called_damaged(tmp_path, monkeypatch):
+    """Fashion-MNIST's folder given to load_mnist: the files are fine, so the error
+    names the data set they belong to and its loader, and does not say to delete them
+    (which the checksum advice would)."""
+    ours = fake_spec([tmp_path / "unused"])
+    other_arrays = fake_arrays(seed=1)
+    files = []
+    for name, arr in zip(FILES, other_arrays):   # another data set's files
+        blob = gz(arr)
+        files.append(IdxFile(name, arr.shape, gz_sha256=sha(blob), gz_size=len(blob),
+                             raw_sha256=sha(data.encode_idx(arr))))
+    theirs = DatasetSpec("other-set", (), *files)
+    monkeypatch.setattr(data.mnist, "_KNOWN", ((ours, "data.load_ours"),
+                                               (theirs, "data.load_other")))
+    folder = write_files(tmp_path / "other", [other_arrays[0], *fake_arrays()[1:]])
+    with pytest.raises(ChecksumError) as info:
+        load_idx_dataset(ours, folder)
+    msg = str(info.value)
+    assert "this is other-set's train-images-idx3-ubyte" in msg and "data.load_other" in msg
+    assert "keep it" in msg and "delete" not in msg
+    # the same file recompressed (only its decompressed checksum matches): recognised too
+    folder = write_files(tmp_path / "other2", [other_arrays[0], *fake_arrays()[1:]],
+                         compress=lambda a: gzip.compress(data.encode_idx(a), mtime=7))
+    with pytest.raises(ChecksumError, match="this is other-set's train-images"):
+        load_idx_dataset(ours, folder)
+
+
 def test_download_into_cache_then_load_offline(tmp_path):
     mirror = write_files(tmp_path / "mirror", fake_arrays())
     spec = fake_spec([mirror])

@@ -158,6 +158,24 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+# The data sets funcnn knows, with their loaders, to recognise one's file given for another.
+_KNOWN = ((MNIST, "data.load_mnist"), (FASHION_MNIST, "data.load_fashion_mnist"))
+
+
+def _known_elsewhere(spec: IdxFile, gz_sha256: str | None, raw_sha256: str) -> str | None:
+    """Which other known data set's file these bytes are (by checksum), as advice."""
+    for dataset, loader in _KNOWN:
+        for f in (dataset.train_images, dataset.train_labels, dataset.test_images,
+                  dataset.test_labels):
+            if f is spec:
+                continue
+            if raw_sha256 == f.raw_sha256 or (gz_sha256 and gz_sha256 == f.gz_sha256):
+                return (f"this is {dataset.name}'s {f.name}, not the file asked for: the "
+                        f"file is fine, keep it. Fix: pass the folder of the data set you "
+                        f"want, or load this one with {loader}")
+    return None
+
+
 def verified_array(blob: bytes, spec: IdxFile, name: str, fix: str | None = None) -> np.ndarray:
     """Verify the bytes ``blob`` of a file against ``spec`` and return its array.
 
@@ -172,6 +190,10 @@ def verified_array(blob: bytes, spec: IdxFile, name: str, fix: str | None = None
         return read_idx(blob, name=name)
     hasher = hashlib.sha256()
     arr = read_idx(blob, name=name, hasher=hasher)
+    if hasher.hexdigest() != spec.raw_sha256:
+        other = _known_elsewhere(spec, _sha256(blob) if is_gz else None, hasher.hexdigest())
+        if other is not None:
+            raise ChecksumError(f"{name}: {other}")
     fix = fix or (f"Fix: delete {name} and run again to download a fresh copy; if that "
                   f"fails too, your source serves a different file: use another mirror")
     if arr.shape != spec.shape or arr.dtype != np.uint8:
