@@ -106,6 +106,14 @@ def test_optax_optimizer_history_has_no_learning_rate_column(spiral, capsys):
     _, mine = train.fit(model, SCE, optim.sgd(0.1, 0.9),
                         _state(model, optim.sgd(0.1, 0.9)), x, y, epochs=1, progress=False)
     assert mine["learning_rate"][0] == 0.1
+    # A NaN learning rate hidden inside optax: the divergence message does not claim the
+    # hyperparameters are finite, it says they cannot be read and to check them.
+    bad = optax.adam(float("nan"))
+    with pytest.raises(train.DivergedError, match=r"hyperparameters cannot be read .*"
+                       r"check that its learning rate and other numbers are finite"):
+        train.fit(model, SCE, bad, train.init_state(model, bad, jax.random.key(0), (2,),
+                                                     dtype=F64), x, y, epochs=1,
+                  progress=False)
 
 
 def test_no_recompile_for_new_hyperparameter_values(spiral):

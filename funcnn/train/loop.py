@@ -493,11 +493,22 @@ def _diverged(run: Callable, state: TrainState, xd: Array, yd: Array,
              f"step {step} (update {bad + 1} of the run). The returned state (error.state) "
              "is the last finite one. ")
     suspects = _suspects(state, penalty)
+    try:
+        optim.hyperparams(state.opt_state)
+        readable = True
+    except TypeError:  # an optimizer from another library (optax): its numbers are hidden
+        readable = False
     if suspects:
         advice = "Found: " + "; ".join(suspects) + ". Fix that first."
-    else:
+    elif readable:
         advice = ("Nothing else looks wrong (data, parameters, penalty and hyperparameters "
                   "are finite), so try a smaller learning rate, gradient clipping "
                   "(optim.clip_by_global_norm), or look for extreme values in the data.")
+    else:
+        advice = ("The data, parameters and penalty are finite; the optimizer's "
+                  "hyperparameters cannot be read (an optimizer from another library, such "
+                  "as optax's, keeps them inside its functions), so check that its learning "
+                  "rate and other numbers are finite, then try a smaller learning rate, "
+                  "gradient clipping, or look for extreme values in the data.")
     raise DivergedError(where + advice, state=last_good, history=history, epoch=epoch,
                         step=step)
