@@ -267,6 +267,18 @@ def test_a_diverging_configuration_is_marked_and_the_others_finish(strategy):
     (lambda: _sweep(sweep.grid(learning_rate=[0.1]),
                     model=lambda dropout_rate: MODEL), r"needs \['dropout_rate'\]"),
     (lambda: _sweep(sweep.grid(learning_rate=[0.1]), epochs=0), "epochs must be"),
+    # a swept value that changes the architecture: a layer's size, or which layer
+    (lambda: _sweep(sweep.grid(width=[4, 8]),
+                    model=lambda width: nn.serial(nn.dense(width), nn.relu(), nn.dense(3))),
+     r"builds a different network for \{'width': 8\} than for \{'width': 4\}.*"
+     r"call sweep.run once per architecture"),
+    (lambda: _sweep(sweep.grid(width=[4]),
+                    model=lambda width: nn.serial(nn.dense(width), nn.relu(), nn.dense(3))),
+     r"failed when called with its swept values as traced arrays \(width\).*dense: "
+     r"features must be a positive int.*call sweep.run once per architecture"),
+    (lambda: _sweep(sweep.grid(act=[0, 1]), model=lambda act: nn.serial(
+        nn.dense(8), nn.relu() if act == 0 else nn.tanh(), nn.dense(3))),
+     r"traced arrays \(act\).*TracerBoolConversionError.*not choose its structure"),
 ])
 def test_bad_input_raises_a_clear_error(make, match):
     with pytest.raises((ValueError, TypeError), match=match):

@@ -55,7 +55,16 @@ class _Plan:
 def _build_model(plan: _Plan, values: Mapping[str, Any]) -> nn.Layer:
     if isinstance(plan.model, nn.Layer):
         return plan.model
-    return plan.model(**{n: values[n] for n in plan.model_names})
+    try:
+        return plan.model(**{n: values[n] for n in plan.model_names})
+    except (TypeError, ValueError) as e:  # e.g. a Python `if` on a swept value
+        raise ValueError(
+            f"sweep.run: the model factory failed when called with its swept values as "
+            f"traced arrays ({', '.join(plan.model_names)}), as a sweep calls it inside "
+            f"vmap and jit: {type(e).__name__}: {str(e).splitlines()[0]} A swept value may "
+            "only enter the network as a number (a dropout rate, a scale), not choose its "
+            "structure (a layer's size, which layers): for that, call sweep.run once per "
+            "architecture") from None
 
 
 def _build_penalty(plan: _Plan, values, params, fixed):

@@ -23,6 +23,18 @@ from .space import Space
 from .strategies import _resolve_strategy
 
 
+def _param_shapes(model: Any, input_shape: Any, dtype: Any) -> list | None:
+    """The shapes of ``model``'s parameters for ``input_shape`` (no computation), or
+    None when they cannot be found here (the checks after this report why)."""
+    if not isinstance(model, nn.Layer):
+        return None
+    try:
+        tree = jax.eval_shape(lambda: model.init(jax.random.key(0), input_shape, dtype))
+    except Exception:  # a bad input_shape or dtype: reported with the first row later
+        return None
+    return [tuple(leaf.shape) for leaf in jax.tree.leaves(tree)]
+
+
 def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         optimizer: optim.Optimizer, x: Any, y: Any, space: Space, *, epochs: int,
         batch_size: int | None = None, input_shape: Sequence[int] | None = None,
@@ -125,12 +137,23 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
                              f"not sweep; add them to the space or give them defaults")
         model_names = tuple(n for n in model_args if n in space.names)
         if model_names:  # let the factory check its values (e.g. a dropout rate in [0, 1))
+            first = None
             for row in _unique_rows({k: space.columns[k] for k in model_names}):
                 row = {k: _py(v) for k, v in row.items()}
                 try:
-                    model(**row)
+                    built = model(**row)
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{where}: the model factory rejected {row}: {e}") from None
+                shapes = _param_shapes(built, input_shape, dtype)
+                if first is None:
+                    first = row, shapes
+                elif shapes is not None and first[1] is not None and shapes != first[1]:
+                    raise ValueError(
+                        f"{where}: the model factory builds a different network for {row} "
+                        f"than for {first[0]} (parameter shapes {shapes} against "
+                        f"{first[1]}). A sweep trains one architecture, the swept values "
+                        "being arrays (so vmap and jit never recompile); for layer sizes "
+                        "or counts, call sweep.run once per architecture")
         ref_model = model if isinstance(model, nn.Layer) else \
             model(**{n: _py(space.columns[n][0]) for n in model_names})
         if not isinstance(ref_model, nn.Layer):
