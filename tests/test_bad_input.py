@@ -122,6 +122,25 @@ def test_bad_data_values(state):
         train.fit(MODEL, SCE, OPT, st32, X.astype(np.float64) * 1e39, Y, epochs=1)
 
 
+def test_missing_labels_are_named(state):
+    for call, where in (
+            (lambda: train.fit(MODEL, SCE, OPT, state, X, epochs=1), "fit"),
+            (lambda: train.evaluate(MODEL, SCE, state.params, X), "evaluate"),
+            (lambda: train.fit(MODEL, SCE, OPT, state, X, Y, epochs=1,
+                               validation_data=(X, None)), r"fit \(validation_data\)"),
+            (lambda: sweep.run(MODEL, SCE, OPT, X, None, sweep.grid(learning_rate=[0.1]),
+                               epochs=1), "sweep.run")):
+        with pytest.raises(ValueError, match=rf"^{where}: y is missing \(None\): pass the "
+                                             "labels or targets beside x"):
+            call()
+
+
+def test_input_shape_with_the_batch_axis_says_to_drop_it():
+    with pytest.raises(ValueError, match=r"got \(1000, 2\)\..*If 1000 is a batch axis, drop "
+                                         r"it: input_shape is one example's shape, \(2,\)"):
+        train.init_state(MODEL, OPT, jax.random.key(0), (1000, 2))
+
+
 def test_input_shape_must_be_whole_numbers():
     with pytest.raises(TypeError, match="input_shape must be a tuple of ints"):
         MODEL.init(jax.random.key(0), (2.5,))

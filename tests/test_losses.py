@@ -95,6 +95,12 @@ def test_labels_as_floats_or_a_column_name_the_fix():
         losses.softmax_cross_entropy(z, jnp.asarray(Y, z.dtype)[:, None])
     with pytest.raises(ValueError, match=r"got \(5, 1\): a column of labels; pass y\.ravel\(\)"):
         losses.softmax_cross_entropy(z, jnp.asarray(Y)[:, None])
+    # not whole numbers: not class indices, and astype(int) would truncate them silently
+    with pytest.raises(ValueError, match=r"These labels are not whole numbers \(\[0\.5, "
+                                         r".*regression loss \(losses\.mse.*a row of 4 "
+                                         r"probabilities$") as info:
+        losses.softmax_cross_entropy(z, jnp.asarray(Y, z.dtype) + 0.5)
+    assert "astype(int)" not in str(info.value)
 
 
 def test_labels_not_integers_or_wrong_shape():

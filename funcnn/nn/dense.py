@@ -221,9 +221,10 @@ def dense(features: int, *, init: str | Callable = "glorot",
 
     def init_fn(key, in_shape, dtype):
         if len(in_shape) != 1:
-            batch = (f" (If the leading 1 is a batch axis, drop it: input_shape is one "
-                     f"example's shape, {in_shape[1:]}.)"
-                     if len(in_shape) == 2 and in_shape[0] == 1 else "")
+            lead = "the leading 1" if in_shape[:1] == (1,) else f"{in_shape[0]}"
+            batch = (f" (If {lead} is a batch axis, drop it: "
+                     f"input_shape is one example's shape, {in_shape[1:]}.)"
+                     if len(in_shape) == 2 else "")
             raise ValueError(
                 f"dense: expected a 1-D example shape (features,); got {in_shape}. "
                 f"Put nn.flatten() before dense for images.{batch}")

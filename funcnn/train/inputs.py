@@ -150,6 +150,10 @@ def prepare_data(model: nn.Layer, loss: Callable, params: Any, x: Any,
         if data.x.dtype != dtype:
             data = data._replace(x=data.x.astype(dtype))
     else:
+        if y is None:
+            raise ValueError(f"{where}: y is missing (None): pass the labels or targets "
+                             "beside x, one row per example, or x as a train.DeviceData "
+                             "holding both")
         if not hasattr(y, "dtype"):
             y = np.asarray(y)
         if not hasattr(x, "shape"):
