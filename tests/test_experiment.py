@@ -341,6 +341,51 @@ def test_sigkill_at_a_random_moment_then_resume_changes_nothing(tmp_path):
 
 # --------------------------------------------------------------------------- check-repro
 
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import dataclasses, os
+    from funcnn import data, experiment, losses, nn, optim, train
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        epochs: int = 4
+
+    def run(r):
+        x, y = data.spiral_data(10, 3)
+        model = nn.serial(nn.dense(4), nn.relu(), nn.dense(3))
+        opt = optim.sgd(0.1)
+        state = train.init_state(model, opt, r.key, (2,))
+
+        def ctrl_c(state):  # Ctrl-C after epoch 2, before its checkpoint
+            if int(state.step) == 2 * 3 and os.environ.get("CTRL_C"):
+                raise KeyboardInterrupt
+            return {}
+        r.fit(model, losses.softmax_cross_entropy, opt, state, x, y,
+              epochs=r.config.epochs, batch_size=10, epoch_metrics=ctrl_c)
+
+    experiment.main("ctrlc", Config, run)   # the real command line (argv=None)
+""")
+
+
+def test_ctrl_c_on_the_command_line_says_how_to_resume_in_one_line(tmp_path):
+    script = tmp_path / "ctrlc.py"
+    script.write_text(CTRL_C_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "CTRL_C": "1"}
+    cmd = [sys.executable, str(script), "--runs-dir", str(tmp_path / "runs"), "--no-plots"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "ctrlc: interrupted; its checkpoints up to epoch 1 are kept in" in done.stderr
+    assert "run the same command again to resume" in done.stderr
+    del env["CTRL_C"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (folder,) = (tmp_path / "runs" / "ctrlc").iterdir()
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "completed" and m["resumed_from_epoch"] == 1
+    assert m["attempts"][-1]["status"] == "interrupted"
+
+
 def test_check_repro_reports_match_and_mismatch(tmp_path, capsys):
     run_main(tmp_path, "--epochs", "3", "--note", "first")
     folder = only_folder(tmp_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -14,6 +15,15 @@ from .execution import _run_folder, execute
 from .repro import check_repro
 from .results import collect, results_table
 from .run import Run
+
+
+def _epochs_done(folder: Path) -> int | None:
+    """The epochs the interrupted attempt recorded as checkpointed, if readable."""
+    try:
+        done = json.loads((folder / "manifest.json").read_text("utf-8")).get("epochs_done")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return done if isinstance(done, int) else None
 
 
 def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
@@ -56,9 +66,23 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
         parser.error(f"--repro-rtol must be a finite number >= 0, got {args['repro_rtol']}")
     command = [sys.executable, *sys.argv] if argv is None else [name, *argv]
     if args["check_repro"] is None:
-        return execute(name, config, run_fn, seed=args["seed"], runs_dir=args["runs_dir"],
-                       checkpoint_every=checkpoint_every, keep=keep, restart=args["restart"],
-                       plots=not args["no_plots"], command=command)
+        try:
+            return execute(name, config, run_fn, seed=args["seed"], runs_dir=args["runs_dir"],
+                           checkpoint_every=checkpoint_every, keep=keep,
+                           restart=args["restart"], plots=not args["no_plots"],
+                           command=command)
+        except KeyboardInterrupt:
+            if argv is not None:  # called from Python: the caller decides
+                raise
+            # Ctrl-C on the command line: one line on how to go on, not a traceback
+            # from wherever XLA happened to be.
+            folder = _run_folder(args["runs_dir"], name,
+                                 config_hash(name, config, args["seed"], checkpoint_every))
+            done = _epochs_done(folder)
+            kept = f"its checkpoints up to epoch {done} are" if done else "its folder is"
+            print(f"\n{name}: interrupted; {kept} kept in {folder}: run the same command "
+                  "again to resume", file=sys.stderr, flush=True)
+            raise SystemExit(130) from None
     if args["check_repro"]:
         run_dir = Path(args["check_repro"])
         unhashed = {f.name for f in dataclasses.fields(config_cls) if not _is_hashed(f)}
