@@ -267,6 +267,16 @@ def test_a_diverging_configuration_is_marked_and_the_others_finish(strategy):
     (lambda: _sweep(sweep.grid(learning_rate=[0.1]),
                     model=lambda dropout_rate: MODEL), r"needs \['dropout_rate'\]"),
     (lambda: _sweep(sweep.grid(learning_rate=[0.1]), epochs=0), "epochs must be"),
+    (lambda: _sweep(sweep.grid(learning_rate=[0.1]),
+                    opt=optim.adam(optim.cosine_decay_schedule(0.1, 100))),
+     r"The learning rate is a schedule here: sweep its numbers, \['init_value'\]"),
+    (lambda: _sweep(sweep.grid(learning_rate=[0.1]), opt=optim.adamw(
+        optim.cosine_decay_schedule(0.1, 100), weight_decay=optim.linear_schedule(1e-4, 0, 9))),
+     r"\['1/init_value', '2/init_value', 'end_value'\]\. \(A name 'i/x' is x of the i-th "
+     r"link of the optimizer's chain, counted from 0; optim\.hyperparams"),
+    (lambda: _sweep(sweep.grid(epochs=[1, 2])), r"epochs is sweep.run's own argument"),
+    (lambda: _sweep(sweep.grid(weight_decay=[1e-4])),
+     r"no weight decay: use optim\.adamw\(learning_rate, weight_decay=\.\.\.\)"),
     # a swept value that changes the architecture: a layer's size, or which layer
     (lambda: _sweep(sweep.grid(width=[4, 8]),
                     model=lambda width: nn.serial(nn.dense(width), nn.relu(), nn.dense(3))),

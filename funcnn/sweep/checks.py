@@ -28,6 +28,13 @@ def _factory_names(fn: Callable, what: str) -> tuple[list[str], list[str]]:
     return [p.name for p in params], [p.name for p in params if p.default is p.empty]
 
 
+# The numbers of funcnn's schedules, to point a swept learning_rate at them.
+_SCHEDULE_NUMBERS = {"init_value", "peak_value", "end_value", "decay_rate", "boundaries",
+                     "values"}
+# fit / sweep.run arguments that are not per-configuration values.
+_FIT_ARGUMENTS = {"epochs", "steps", "batch_size", "shuffle", "eval_every"}
+
+
 def _check_names(space: Space, hp0: dict, model_args: list, penalty_args: list,
                  builtin_penalty: bool) -> None:
     known = {**{n: "optimizer hyperparameter" for n in hp0}, SEED: "initialization seed",
@@ -40,6 +47,21 @@ def _check_names(space: Space, hp0: dict, model_args: list, penalty_args: list,
             continue
         close = difflib.get_close_matches(name, list(known), n=1)
         hint = f" Did you mean {close[0]!r}?" if close else ""
+        schedule = sorted(n for n in hp0 if n.split("/")[-1] in _SCHEDULE_NUMBERS)
+        if name == "learning_rate" and schedule:
+            hint = (f" The learning rate is a schedule here: sweep its numbers, "
+                    f"{schedule}.")
+        elif name in _FIT_ARGUMENTS:
+            hint = (f" {name} is sweep.run's own argument, the same for every configuration "
+                    "(one sweep.run per value to compare them).")
+        elif name == "weight_decay":
+            hint = (" This optimizer has no weight decay: use optim.adamw(learning_rate, "
+                    "weight_decay=...) and sweep 'weight_decay', or sweep an L2 penalty "
+                    "('l2').")
+        if any("/" in n for n in hp0):
+            hint += (" (A name 'i/x' is x of the i-th link of the optimizer's chain, counted "
+                     "from 0; optim.hyperparams(optimizer.init(params)) lists them with "
+                     "their values.)")
         if name in PENALTY_NAMES:
             hint += (" (Penalty names apply when penalty=None; with a penalty factory, "
                      "sweep its arguments.)")
