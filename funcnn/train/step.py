@@ -155,7 +155,11 @@ def train_step(state: TrainState, x: Array, y: Array, *, model: nn.Layer, loss: 
     :data:`funcnn.diagnostics.NAMES`) adds this step's gradient-flow diagnostics (all
     but ``update_ratio``, a per-epoch quantity that ``run_epochs`` adds). Jit it
     with ``model``, ``loss``, ``update``, ``engine``, ``metrics``, ``diagnostics``,
-    ``mesh`` and ``batch_axis`` static.
+    ``mesh`` and ``batch_axis`` static (functions and layers are not arrays), e.g.::
+
+        step = jax.jit(functools.partial(train.train_step, model=model, loss=loss,
+                                         update=optimizer.update))
+        state, metrics = step(state, x_batch, y_batch)
 
     With a ``mesh`` (:mod:`funcnn.parallel`) the step is data-parallel: the batch is
     split over the mesh axis ``batch_axis`` (its size must divide the batch), the
