@@ -221,10 +221,12 @@ def dense(features: int, *, init: str | Callable = "glorot",
 
     def init_fn(key, in_shape, dtype):
         if len(in_shape) != 1:
-            lead = "the leading 1" if in_shape[:1] == (1,) else f"{in_shape[0]}"
-            batch = (f" (If {lead} is a batch axis, drop it: "
-                     f"input_shape is one example's shape, {in_shape[1:]}.)"
-                     if len(in_shape) == 2 else "")
+            batch = ""
+            # (N, F) with N != F looks like a whole data set's shape; (28, 28) an image.
+            if len(in_shape) == 2 and in_shape[0] != in_shape[1]:
+                lead = "the leading 1" if in_shape[0] == 1 else f"{in_shape[0]}"
+                batch = (f" (If {lead} is a batch axis, drop it: input_shape is one "
+                         f"example's shape, {tuple(in_shape[1:])}.)")
             raise ValueError(
                 f"dense: expected a 1-D example shape (features,); got {in_shape}. "
                 f"Put nn.flatten() before dense for images.{batch}")
