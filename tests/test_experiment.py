@@ -212,6 +212,20 @@ def test_a_failed_attempt_leaves_a_completed_run_completed(tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["status"] == "completed" and len(m["attempts"]) == 2
     assert json.loads((folder / "config.json").read_text())["config"]["note"] == "second"
+    starts = [a["started"] for a in m["attempts"]]
+    assert starts == sorted(starts) and m["attempts"][-1]["status"] == "failed"
+
+    # An attempt that wrote something (here new results) before failing is recorded as
+    # it ended: the folder no longer holds only what the completed attempt left.
+    def log_then_fail(r):
+        spiral_run(r)
+        raise RuntimeError("failed after logging its results")
+
+    with pytest.raises(RuntimeError):
+        run_main(tmp_path, "--epochs", "2", "--note", "third", run_fn=log_then_fail)
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["status"] == "failed" and "after logging" in m["error"]
+    assert json.loads((folder / "config.json").read_text())["config"]["note"] == "third"
 
 
 # --------------------------------------------------------------------------- resume
@@ -384,6 +398,11 @@ def test_ctrl_c_on_the_command_line_says_how_to_resume_in_one_line(tmp_path):
     m = json.loads((folder / "manifest.json").read_text())
     assert m["status"] == "completed" and m["resumed_from_epoch"] == 1
     assert m["attempts"][-1]["status"] == "interrupted"
+    # with --restart, the same command would discard the checkpoints again
+    env["CTRL_C"] = "1"
+    done = subprocess.run(cmd + ["--restart"], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 130 and "run the same command without --restart" in done.stderr
 
 
 def test_check_repro_reports_match_and_mismatch(tmp_path, capsys):

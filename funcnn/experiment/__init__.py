@@ -30,10 +30,11 @@ seed, ``checkpoint_every`` and every config field not marked ``hashed=False``:
 * ``manifest.json``: funcnn, jax, jaxlib, numpy and Python versions, backend and
   device, git commit (when funcnn lives in a git checkout), command line, start and
   end time, status (running / completed / failed / diverged / interrupted), and the
-  earlier attempts of the same run. A completed run stays completed: when a later
-  attempt fails (a moved data folder in an unhashed field, Ctrl-C), ``config.json``
-  and the manifest are put back as the completed attempt left them, and the failed
-  attempt, with its unhashed values, joins the attempts;
+  earlier attempts of the same run. A completed run stays completed when a later
+  attempt fails before writing anything (a moved data folder in an unhashed field,
+  Ctrl-C while compiling): ``config.json`` and the manifest are put back as the
+  completed attempt left them, and the failed attempt, with its unhashed values, joins
+  the attempts;
 * ``metrics.jsonl``: one JSON line per epoch (``epoch``, ``step``, the metrics of
   ``train.fit``, any ``epoch_metrics``, and ``epoch_s``: wall seconds per epoch);
 * ``results.json``: what the run function passes to :meth:`Run.log_result`;

@@ -4,26 +4,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+from funcnn import checkpoint
 
 from .config import _check_config_cls, _coerce, _hints, _is_hashed, build_parser, config_hash
 from .execution import _run_folder, execute
 from .repro import check_repro
 from .results import collect, results_table
 from .run import Run
-
-
-def _epochs_done(folder: Path) -> int | None:
-    """The epochs the interrupted attempt recorded as checkpointed, if readable."""
-    try:
-        done = json.loads((folder / "manifest.json").read_text("utf-8")).get("epochs_done")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return done if isinstance(done, int) else None
 
 
 def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
@@ -78,10 +70,13 @@ def main(name: str, config_cls: type, run_fn: Callable[[Run], Any],
             # from wherever XLA happened to be.
             folder = _run_folder(args["runs_dir"], name,
                                  config_hash(name, config, args["seed"], checkpoint_every))
-            done = _epochs_done(folder)
-            kept = f"its checkpoints up to epoch {done} are" if done else "its folder is"
-            print(f"\n{name}: interrupted; {kept} kept in {folder}: run the same command "
-                  "again to resume", file=sys.stderr, flush=True)
+            saved = checkpoint.steps(folder / "checkpoints")
+            kept = (f"its checkpoints up to epoch {saved[0][0]} are" if saved
+                    else "its folder is")
+            again = ("the same command without --restart" if args["restart"]
+                     else "the same command again")
+            print(f"\n{name}: interrupted; {kept} kept in {folder}: run {again} to resume",
+                  file=sys.stderr, flush=True)
             raise SystemExit(130) from None
     if args["check_repro"]:
         run_dir = Path(args["check_repro"])

@@ -114,8 +114,10 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
                 if run.diverged is not None:
                     manifest["diverged"] = run.diverged
                 with contextlib.suppress(OSError):
-                    if completed is not None:  # the run stays completed (see below)
-                        _keep_completed(folder, manifest, *completed)
+                    # A completed run stays completed when this attempt changed nothing
+                    # in its folder but config.json and the manifest (see _keep_completed).
+                    if completed is not None and _fingerprint(folder) == completed[2]:
+                        _keep_completed(folder, manifest, completed[0], completed[1])
                     else:
                         _write_json(folder / "manifest.json", manifest)
             raise
@@ -134,11 +136,26 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
     return result
 
 
-def _completed_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """``(config record, manifest)`` of a run folder whose last attempt completed, else
-    None. A later attempt that fails (a moved data folder given in an unhashed field,
-    Ctrl-C) must not make the completed run read as failed, nor its results as obtained
-    with the failed attempt's unhashed values: :func:`_keep_completed` puts these back."""
+def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
+    """Size and modification time of every file a run writes in ``folder`` (all but
+    config.json, the manifest, and hidden lock and temporary files)."""
+    out = {}
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if path.is_file() and not any(part.startswith(".") for part in rel.parts) \
+                and str(rel) not in ("config.json", "manifest.json"):
+            st = path.stat()
+            out[str(rel)] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def _completed_records(folder: Path) -> tuple[dict, dict, dict] | None:
+    """``(config record, manifest, fingerprint)`` of a run folder whose last attempt
+    completed, else None. A later attempt that fails before writing anything (a moved
+    data folder given in an unhashed field, Ctrl-C while compiling) must not make the
+    completed run read as failed, nor its results as obtained with the failed attempt's
+    unhashed values: :func:`_keep_completed` puts these back. An attempt that did write
+    (trained further, logged results) is recorded as it ended."""
     cfg_path, man_path = folder / "config.json", folder / "manifest.json"
     if not (cfg_path.is_file() and man_path.is_file()):
         return None
@@ -147,7 +164,7 @@ def _completed_records(folder: Path) -> tuple[dict[str, Any], dict[str, Any]] | 
             cfg_path.read_text("utf-8"))
         if isinstance(manifest, dict) and isinstance(record, dict) \
                 and manifest.get("status") == "completed":
-            return record, manifest
+            return record, manifest, _fingerprint(folder)
     return None
 
 
@@ -193,6 +210,9 @@ def _open_records(folder: Path, name: str, config: Any, run: Run, checkpoint_eve
             last["status"] = "killed (no end recorded)"
         earlier = old.get("attempts")
         attempts = (earlier if isinstance(earlier, list) else []) + [last]
+        # by start time (ISO 8601 UTC strings sort so): a completed attempt kept in
+        # place by _keep_completed follows the failed ones recorded after it
+        attempts.sort(key=lambda a: str(a.get("started")) if isinstance(a, dict) else "")
     manifest = {"name": name, "config_hash": run.hash, "seed": run.seed,
                 **_environment(), "layout": run.layout,
                 "command": list(command) if command is not None else [sys.executable,
