@@ -352,6 +352,13 @@ def test_another_known_data_sets_file_is_named_not_called_damaged(tmp_path, monk
                          compress=lambda a: gzip.compress(data.encode_idx(a), mtime=7))
     with pytest.raises(ChecksumError, match="this is other-set's train-images"):
         load_idx_dataset(ours, folder)
+    # a file of the data set being loaded, under another file's name: not "another
+    # data set's, keep it", but the usual wrong-file error
+    mixed = fake_arrays()
+    folder = write_files(tmp_path / "mixed", [mixed[0], mixed[1], mixed[0], mixed[3]])
+    with pytest.raises(ChecksumError) as info:
+        load_idx_dataset(ours, folder)
+    assert "keep it" not in str(info.value)
 
 
 def test_download_into_cache_then_load_offline(tmp_path):

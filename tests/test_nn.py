@@ -121,6 +121,21 @@ def test_smooth_activations_equal_jax_nn_and_their_slopes_jax_grad(layer, fn, dt
         np.testing.assert_array_equal(np.asarray(dx[0])[[0, -1]], [0.0, 1.0])
 
 
+@pytest.mark.parametrize("dtype,rtol", [(jnp.float32, 2e-6), (jnp.float64, 1e-13)])
+def test_exact_gelu_slope_in_the_left_tail(dtype, rtol):
+    """Phi(x) + x phi(x) against math.erfc in float64: (1 + erf) / 2 would cancel to 0
+    below x = -5.5 in float32 and lose the Phi term (2.8% off at x = -6)."""
+    import math
+    xs = [-10.0, -8.0, -6.0, -5.5, -3.0, -1.0, 0.0, 1.0, 3.0]
+    want = [0.5 * math.erfc(-v / math.sqrt(2)) + v * math.exp(-v * v / 2) / math.sqrt(
+        2 * math.pi) for v in xs]
+    layer = nn.gelu(approximate=False)
+    x = jnp.array([xs], dtype)
+    _, dx = layer.backward_fn(nn.NoParams(), (x, layer.apply(nn.NoParams(), x)),
+                              jnp.ones_like(x), None, False)
+    np.testing.assert_allclose(np.asarray(dx[0], np.float64), want, rtol=rtol, atol=0)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda: nn.elu(float("nan")), "elu: alpha must be finite"),
     (lambda: nn.elu("1"), "elu: alpha must be a real number"),

@@ -295,6 +295,22 @@ def test_bad_input_raises_a_clear_error(make, match):
         make()
 
 
+def _picky(rate):
+    """A factory that refuses traced values with a message-less TypeError."""
+    if not isinstance(rate, float):
+        raise TypeError
+    return MODEL
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: _sweep(sweep.grid(rate=[0.1, 0.2]), model=_picky),
+     r"traced arrays \(rate\), as a sweep calls it inside vmap and jit: TypeError:  A swept"),
+])
+def test_factory_errors_without_a_message(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
 def test_spaces_grid_order_products_sums_and_random_draws():
     g = sweep.grid(a=[1, 2], b=[10, 20, 30])
     assert [tuple(r.values()) for r in g.rows()] == [(1, 10), (1, 20), (1, 30),

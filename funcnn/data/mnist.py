@@ -165,10 +165,11 @@ _KNOWN = ((MNIST, "data.load_mnist"), (FASHION_MNIST, "data.load_fashion_mnist")
 def _known_elsewhere(spec: IdxFile, gz_sha256: str | None, raw_sha256: str) -> str | None:
     """Which other known data set's file these bytes are (by checksum), as advice."""
     for dataset, loader in _KNOWN:
-        for f in (dataset.train_images, dataset.train_labels, dataset.test_images,
-                  dataset.test_labels):
-            if f is spec:
-                continue
+        files = (dataset.train_images, dataset.train_labels, dataset.test_images,
+                 dataset.test_labels)
+        if any(f is spec for f in files):  # the data set being loaded: not "another"
+            continue
+        for f in files:
             if raw_sha256 == f.raw_sha256 or (gz_sha256 and gz_sha256 == f.gz_sha256):
                 return (f"this is {dataset.name}'s {f.name}, not the file asked for: the "
                         f"file is fine, keep it. Fix: pass the folder of the data set you "
@@ -190,7 +191,7 @@ def verified_array(blob: bytes, spec: IdxFile, name: str, fix: str | None = None
         return read_idx(blob, name=name)
     hasher = hashlib.sha256()
     arr = read_idx(blob, name=name, hasher=hasher)
-    if hasher.hexdigest() != spec.raw_sha256:
+    if fix is None and hasher.hexdigest() != spec.raw_sha256:  # a local file
         other = _known_elsewhere(spec, _sha256(blob) if is_gz else None, hasher.hexdigest())
         if other is not None:
             raise ChecksumError(f"{name}: {other}")

@@ -142,8 +142,9 @@ def _gelu_tanh_slope(x: Array) -> Array:
 
 def _gelu_exact_slope(x: Array) -> Array:
     # y = x Phi(x), Phi the standard normal CDF: dy/dx = Phi(x) + x phi(x),
-    # phi(x) = e^(-x^2/2) / sqrt(2 pi) its density.
-    cdf = 0.5 * (1 + jax.lax.erf(x / math.sqrt(2)))
+    # phi(x) = e^(-x^2/2) / sqrt(2 pi) its density. Phi = erfc(-x / sqrt 2) / 2, not
+    # (1 + erf(x / sqrt 2)) / 2, which cancels to 0 in the left tail (x < -5.5 in float32).
+    cdf = 0.5 * jax.lax.erfc(-x / math.sqrt(2))
     return cdf + x * jnp.exp(-0.5 * x * x) * (_SQRT_2_OVER_PI / 2)
 
 

@@ -58,10 +58,11 @@ def _build_model(plan: _Plan, values: Mapping[str, Any]) -> nn.Layer:
     try:
         return plan.model(**{n: values[n] for n in plan.model_names})
     except (TypeError, ValueError) as e:  # e.g. a Python `if` on a swept value
+        first = (str(e).splitlines() or [""])[0]
         raise ValueError(
             f"sweep.run: the model factory failed when called with its swept values as "
             f"traced arrays ({', '.join(plan.model_names)}), as a sweep calls it inside "
-            f"vmap and jit: {type(e).__name__}: {str(e).splitlines()[0]} A swept value may "
+            f"vmap and jit: {type(e).__name__}: {first} A swept value may "
             "only enter the network as a number (a dropout rate, a scale), not choose its "
             "structure (a layer's size, which layers): for that, call sweep.run once per "
             "architecture") from None
