@@ -138,12 +138,19 @@ def run(model: nn.Layer | Callable[..., nn.Layer], loss: Callable,
         model_names = tuple(n for n in model_args if n in space.names)
         if model_names:  # let the factory check its values (e.g. a dropout rate in [0, 1))
             first = None
-            for row in _unique_rows({k: space.columns[k] for k in model_names}):
+            rows = _unique_rows({k: space.columns[k] for k in model_names})
+            # Architectures compared on up to 16 rows spread over the space (tracing an
+            # init costs milliseconds); a factory that still builds another network on
+            # some other row fails later, when called with traced values, by name.
+            compared = set(range(0, len(rows), max(1, len(rows) // 16)))
+            for i, row in enumerate(rows):
                 row = {k: _py(v) for k, v in row.items()}
                 try:
                     built = model(**row)
                 except (ValueError, TypeError) as e:
                     raise ValueError(f"{where}: the model factory rejected {row}: {e}") from None
+                if i not in compared:
+                    continue
                 shapes = _param_shapes(built, input_shape, dtype)
                 if first is None:
                     first = row, shapes
