@@ -14,8 +14,11 @@ class History:
     """What ``fit`` recorded, one row per epoch (or, with ``fit(steps=...)``, per
     ``eval_every`` steps), as numpy arrays.
 
-    ``metrics``: ``loss``, ``data_loss``, ``learning_rate`` (when the optimizer
-    exposes it: funcnn's do, optax's do not), each metric by name (by
+    ``metrics``: ``loss``, ``data_loss`` (``loss - data_loss`` is the penalty's
+    regularization loss), ``learning_rate`` (when the optimizer exposes it: funcnn's
+    do, optax's do not; it is the rate the *next* update will use, after the row's
+    last update: with a decaying rate, one step past what NNFS prints, the rate of the
+    update just made), each metric by name (by
     default the loss's natural one: ``accuracy`` for classification, ``mae`` for
     regression) and, with validation data, ``val_loss`` and ``val_`` + each metric's
     name; with ``fit(..., diagnostics=...)`` one column per diagnostic and layer
