@@ -151,6 +151,23 @@ def test_dense_penalty_matches_nnfs_formula():
     g = pen.grad(params)
     auto = jax.grad(pen.value)(params)
     _assert_trees(g, auto, rtol=1e-12)
+    # NNFS ch. 14: only the first layer regularized
+    first = train.dense_penalty(params, weight_l2=5e-4, bias_l2=5e-4, layers=[0])
+    np.testing.assert_allclose(first.value(params), 5e-4 * ((params[0].w ** 2).sum()
+                                                            + (params[0].b ** 2).sum()),
+                               rtol=1e-12)
+    assert float(first.l2[2].w) == 0.0 and float(first.l2[0].w) == 5e-4
+    _assert_trees(first.grad(params), jax.grad(first.value)(params), rtol=1e-12)
+    last = train.dense_penalty(params, weight_l2=1.0, layers=[-1])
+    np.testing.assert_allclose(last.value(params), (params[2].w ** 2).sum(), rtol=1e-12)
+    for layers, error, match in (([1], ValueError, r"layer 1 has no weights.*count the "
+                                  "activations"),
+                                 ([3], ValueError, r"index 3 is not one of the 3 layers"),
+                                 (["0"], ValueError, r"index '0' is not one of")):
+        with pytest.raises(error, match=match):
+            train.dense_penalty(params, weight_l2=1.0, layers=layers)
+    with pytest.raises(TypeError, match="layers= picks entries of a serial model's params"):
+        train.dense_penalty(params[0], weight_l2=1.0, layers=[0])
 
 
 # ----------------------------------------------------------------------------- bad input

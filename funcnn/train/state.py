@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -67,20 +68,49 @@ jax.tree_util.register_dataclass(Penalty, data_fields=["l1", "l2"], meta_fields=
 
 
 def dense_penalty(params: Any, *, weight_l1: float = 0.0, weight_l2: float = 0.0,
-                  bias_l1: float = 0.0, bias_l2: float = 0.0) -> Penalty:
-    """The same NNFS-style penalty on every weighted layer (weights and biases apart).
+                  bias_l1: float = 0.0, bias_l2: float = 0.0,
+                  layers: Sequence[int] | None = None) -> Penalty:
+    """The same NNFS-style penalty on every weighted layer (weights and biases apart),
+    or only on the ``layers`` of a :func:`funcnn.nn.serial` model (indices into its
+    ``params`` tuple, activations counted): NNFS chapter 14 regularizes only its first
+    layer, ``Layer_Dense(2, 64, weight_regularizer_l2=5e-4, bias_regularizer_l2=5e-4)``,
+    which is ``dense_penalty(params, weight_l2=5e-4, bias_l2=5e-4, layers=[0])``.
 
     Weighted layers are those with ``w`` and ``b``: :class:`funcnn.nn.Dense` and
     :class:`funcnn.nn.Conv` (Nielsen's network3 decays both); other parameters (a
-    layer norm's scale and bias) get 0. For per-layer values build :class:`Penalty`
-    trees by hand, or use this on a slice.
+    layer norm's scale and bias) get 0. For other per-layer values build
+    :class:`Penalty` trees by hand.
     """
     weighted = (nn.Dense, nn.Conv)
+    chosen = None
+    if layers is not None:
+        if not isinstance(params, tuple):
+            raise TypeError("dense_penalty: layers= picks entries of a serial model's "
+                            f"params tuple; these params are a {type(params).__name__}")
+        chosen = set()
+        for i in layers:
+            if isinstance(i, bool) or not isinstance(i, (int, np.integer)) \
+                    or not -len(params) <= i < len(params):
+                raise ValueError(f"dense_penalty: layer index {i!r} is not one of the "
+                                 f"{len(params)} layers (0 to {len(params) - 1})")
+            i = int(i) % len(params)
+            if not any(isinstance(node, weighted) for node in jax.tree.leaves(
+                    params[i], is_leaf=lambda node: isinstance(node, weighted))):
+                raise ValueError(f"dense_penalty: layer {i} has no weights to regularize "
+                                 f"(its params are {type(params[i]).__name__}); count the "
+                                 "activations too: serial(dense, relu, dense) has layers "
+                                 "0, 1, 2")
+            chosen.add(i)
 
     def coeffs(w, b):
-        return jax.tree.map(lambda node: type(node)(w=w, b=b) if isinstance(node, weighted)
-                            else jax.tree.map(lambda _: 0.0, node),
-                            params, is_leaf=lambda node: isinstance(node, weighted))
+        def one(tree, on):
+            return jax.tree.map(
+                lambda node: type(node)(w=w, b=b) if on and isinstance(node, weighted)
+                else jax.tree.map(lambda _: 0.0, node),
+                tree, is_leaf=lambda node: isinstance(node, weighted))
+        if chosen is None:
+            return one(params, True)
+        return tuple(one(p, i in chosen) for i, p in enumerate(params))
     return Penalty(l1=coeffs(weight_l1, bias_l1), l2=coeffs(weight_l2, bias_l2))
 
 
