@@ -165,8 +165,7 @@ _KNOWN = ((MNIST, "data.load_mnist"), (FASHION_MNIST, "data.load_fashion_mnist")
 def _known_elsewhere(spec: IdxFile, gz_sha256: str | None, raw_sha256: str) -> str | None:
     """Which other known data set's file these bytes are (by checksum), as advice."""
     for dataset, loader in _KNOWN:
-        files = (dataset.train_images, dataset.train_labels, dataset.test_images,
-                 dataset.test_labels)
+        files = dataset.files
         if any(f is spec for f in files):  # the data set being loaded: not "another"
             continue
         for f in files:

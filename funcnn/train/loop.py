@@ -407,14 +407,15 @@ def _each_finite(leaves: list) -> list:
     return [jnp.all(jnp.isfinite(leaf)) for leaf in leaves]
 
 
-def _suspects(state: TrainState, penalty: Penalty | None) -> list[str]:
+def _suspects(state: TrainState, penalty: Penalty | None) -> tuple[list[str], bool]:
     """What other than the learning rate can make training non-finite, found in the
-    optimizer's hyperparameters and the penalty (for DivergedError's message)."""
+    optimizer's hyperparameters and the penalty (for DivergedError's message), and
+    whether the hyperparameters could be read at all."""
     found = []
     try:
-        hparams = optim.hyperparams(state.opt_state)
-    except TypeError:  # an optimizer from another library
-        hparams = {}
+        hparams, readable = optim.hyperparams(state.opt_state), True
+    except TypeError:  # an optimizer from another library (optax): its numbers are hidden
+        hparams, readable = {}, False
     dtypes = {jnp.result_type(leaf) for leaf in jax.tree.leaves(state.params)}
     for name, value in hparams.items():
         v = np.asarray(jax.device_get(value), np.float64)
@@ -450,7 +451,7 @@ def _suspects(state: TrainState, penalty: Penalty | None) -> list[str]:
                          f"{lr:g} exceeds 1, so the L2 term alone makes every step "
                          "multiply the weights by (1 - 2 lr l2), growing without bound; "
                          "use a smaller l2")
-    return found
+    return found, readable
 
 
 def check_penalty(penalty: Penalty, where: str, dtype: Any = None) -> None:
@@ -492,12 +493,7 @@ def _diverged(run: Callable, state: TrainState, xd: Array, yd: Array,
     where = (f"training diverged: the loss or the weights became NaN/inf at epoch {epoch}, "
              f"step {step} (update {bad + 1} of the run). The returned state (error.state) "
              "is the last finite one. ")
-    suspects = _suspects(state, penalty)
-    try:
-        optim.hyperparams(state.opt_state)
-        readable = True
-    except TypeError:  # an optimizer from another library (optax): its numbers are hidden
-        readable = False
+    suspects, readable = _suspects(state, penalty)
     if suspects:
         advice = "Found: " + "; ".join(suspects) + ". Fix that first."
     elif readable:
