@@ -174,15 +174,13 @@ def one_hot_targets(name: str, pred: Array, labels: Array) -> tuple[Array, Array
         if labels.shape != pred.shape:
             hint = ""
             values = concrete(labels)
-            whole = values is None or bool(np.all(np.mod(values[np.isfinite(values)], 1)
-                                                  == 0))
-            if labels.shape in ((n,), (n, 1)) and whole:  # class indices stored as floats
+            finite = np.zeros(0) if values is None else values[np.isfinite(values)]
+            odd = finite[np.mod(finite, 1) != 0].ravel()[:3].tolist()  # not whole numbers
+            if labels.shape in ((n,), (n, 1)) and not odd:  # class indices stored as floats
                 hint = (f". Float labels of shape {tuple(labels.shape)} look like class "
                         "indices stored as floats: pass integers, y.astype(int)"
                         + (".ravel()" if labels.ndim == 2 else ""))
             elif labels.shape in ((n,), (n, 1)):
-                finite = values[np.isfinite(values)]
-                odd = finite[np.mod(finite, 1) != 0].ravel()[:3].tolist()
                 hint = (f". These labels are not whole numbers ({odd}), so not class "
                         "indices: for real-valued targets use a regression loss "
                         "(losses.mse, one output per target); for soft labels give each "

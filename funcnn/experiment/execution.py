@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 import secrets
@@ -29,8 +28,8 @@ from funcnn import distributed, train
 
 from .config import _hashed_fields, config_hash, config_to_json
 from .errors import ExperimentError
-from .files import (_clean_tmp, _environment, _lock, _now, _prepare, _read_record, _write_json,
-                    read_metrics)
+from .files import (_clean_tmp, _environment, _lock, _now, _prepare, _read_json, _read_record,
+                    _write_json, read_metrics)
 from .run import Run
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -136,6 +135,11 @@ def _execute_in(folder: Path, name: str, config: Any, seed: int, run_fn: Callabl
     return result
 
 
+# What the manifest keeps of each earlier attempt.
+_ATTEMPT_KEYS = ("started", "ended", "status", "error", "command", "resumed_from_epoch",
+                 "epochs_done", "layout")
+
+
 def _fingerprint(folder: Path) -> dict[str, tuple[int, int]]:
     """Size and modification time of every file a run writes in ``folder`` (all but
     config.json, the manifest, and hidden lock and temporary files)."""
@@ -159,9 +163,8 @@ def _completed_records(folder: Path) -> tuple[dict, dict, dict] | None:
     cfg_path, man_path = folder / "config.json", folder / "manifest.json"
     if not (cfg_path.is_file() and man_path.is_file()):
         return None
-    with contextlib.suppress(ExperimentError, OSError, ValueError):
-        manifest, record = json.loads(man_path.read_text("utf-8")), json.loads(
-            cfg_path.read_text("utf-8"))
+    with contextlib.suppress(ExperimentError):  # unreadable: nothing to keep
+        manifest, record = _read_json(man_path), _read_json(cfg_path)
         if isinstance(manifest, dict) and isinstance(record, dict) \
                 and manifest.get("status") == "completed":
             return record, manifest, _fingerprint(folder)
@@ -173,8 +176,7 @@ def _keep_completed(folder: Path, failed: dict[str, Any], record: dict[str, Any]
     """After a failed attempt on a completed run: its ``config.json`` and manifest as
     the completed attempt left them, the failed attempt (with its unhashed config
     values) added to the manifest's ``attempts``."""
-    attempt = {k: failed.get(k) for k in ("started", "ended", "status", "error", "command",
-                                          "resumed_from_epoch", "epochs_done", "layout")}
+    attempt = {k: failed.get(k) for k in _ATTEMPT_KEYS}
     cfg = folder / "config.json"
     now = _read_record(cfg) if cfg.is_file() else None
     if now is not None and now.get("config") != record.get("config"):
@@ -204,8 +206,7 @@ def _open_records(folder: Path, name: str, config: Any, run: Run, checkpoint_eve
     attempts = []
     old = _read_record(man_path) if man_path.is_file() else None
     if old is not None:
-        last = {k: old.get(k) for k in ("started", "ended", "status", "error", "command",
-                                        "resumed_from_epoch", "epochs_done", "layout")}
+        last = {k: old.get(k) for k in _ATTEMPT_KEYS}
         if last["status"] == "running":
             last["status"] = "killed (no end recorded)"
         earlier = old.get("attempts")
